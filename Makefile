@@ -1,0 +1,22 @@
+# Two entry points (see README): `make quickstart` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/asym-trl: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: this machine's CPU build. Letting pip resolve it would fetch a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(BIN)/asym-trl
+
+quickstart: venv
+	$(BIN)/python -m asym_trl.quickstart
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+.PHONY: venv quickstart test

@@ -1,0 +1,270 @@
+"""Group-relative advantage estimators of the AsymGRPO paper, as pure torch functions.
+
+Every estimator maps a ``(num_groups, G)`` tensor of rewards (``NaN`` = unscorable
+rollout) to a ``(num_groups, G)`` tensor of rollout-level advantages, without a
+Python loop over groups.  Conventions shared by all of them:
+
+* **Success.** The paper's rewards are binary.  A rollout counts as a success when
+  its reward is ``>= success_threshold`` (default 1.0, "full credit"); with partial
+  credit or several summed reward functions, only rollouts at or above the threshold
+  are successes.  ``dr_grpo`` is the one estimator that uses the raw reward values.
+* **Unscorable rollouts** (``NaN`` reward) are left out of the group: they count in
+  neither ``k`` nor ``n``, so the group accuracy is ``p = k / n`` over the scorable
+  rollouts, and they get advantage 0 (as TRL does).  A group with no scorable
+  rollout gets 0 everywhere.
+* **Boundaries.** Nothing divides by zero: odds are computed from integer counts with
+  a clamped denominator and the value on the side of a boundary that has no rollouts
+  is masked away, never special-cased by value.  So REINFORCE (beta = 0) keeps +-1 in
+  all-right and all-wrong groups (0**0 = 1), while any beta > 0 gives 0 there.
+
+``ADVANTAGE_ESTIMATORS`` is the registry used by :class:`asym_trl.AsymGRPOConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "BETA_PRESETS",
+    "asym_advantages",
+    "compute_advantages",
+    "dr_grpo_advantages",
+    "ent_decrease_advantages",
+    "ent_increase_advantages",
+    "entropy_shaped_advantages",
+    "flipped_neg_curve",
+    "flipped_pos_curve",
+    "pass_at_k_advantages",
+]
+
+# (beta_pos, beta_neg) of the named members of the Eq. 10 family (paper §3.1, §4, App. E).
+BETA_PRESETS: dict[str, tuple[float, float]] = {
+    "reinforce": (0.0, 0.0),  # Eq. 5: +-1 regardless of p
+    "grpo": (0.5, 0.5),  # Eq. 4/6 with the population std sqrt(p(1-p))
+    "pos_only": (0.5, 0.0),  # §3.1 Pos-Only modulation
+    "neg_only": (0.0, 0.5),  # §3.1 Neg-Only modulation
+}
+
+
+def _group_counts(rewards: torch.Tensor, success_threshold: float):
+    """Return (valid, success, k, n): masks and per-group success / scorable counts."""
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must have shape (num_groups, G), got {tuple(rewards.shape)}")
+    valid = ~torch.isnan(rewards)
+    success = valid & (rewards >= success_threshold)
+    k = success.sum(dim=1, keepdim=True).to(rewards.dtype)
+    n = valid.sum(dim=1, keepdim=True).to(rewards.dtype)
+    return valid, success, k, n
+
+
+def _odds(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den where den > 0; where den == 0 the value is never used (no such rollouts)."""
+    return num / den.clamp(min=1)
+
+
+def asym_advantages(
+    rewards: torch.Tensor, beta_pos: float, beta_neg: float, success_threshold: float = 1.0
+) -> torch.Tensor:
+    """AsymGRPO, Eq. 10 (the beta-family of Eq. 7 with separate beta for each sign).
+
+    Correct rollout: ``A = ((1-p)/p) ** beta_pos``; incorrect: ``A = -(p/(1-p)) ** beta_neg``,
+    with ``p = k/n`` the in-group success rate.  ``(0.5, 0.5)`` is Eq. 4 with the population
+    std, ``(0, 0)`` is REINFORCE's +-1 (Eq. 5).
+    """
+    valid, success, k, n = _group_counts(rewards, success_threshold)
+    a_pos = _odds(n - k, k).pow(beta_pos)  # ((1-p)/p)^beta = ((n-k)/k)^beta
+    a_neg = -_odds(k, n - k).pow(beta_neg)  # -(p/(1-p))^beta = -(k/(n-k))^beta
+    adv = torch.where(success, a_pos, a_neg)
+    return torch.where(valid, adv, torch.zeros_like(adv))
+
+
+def flipped_pos_curve(p: torch.Tensor, beta: float, group_size: int) -> torch.Tensor:
+    """EntDecrease positive curve, App. D Eq. 15 and 17.
+
+    ``A~pos(p) = A_pos(1-p) = (p/(1-p))**beta`` for ``0 < p <= (G-1)/G``; on ``((G-1)/G, 1]``
+    the line through ``A~pos((G-1)/G)`` and ``V = A~pos((G-1)/G) + [A~pos((G-1)/G) - A~pos((G-2)/G)]``.
+    """
+    g = float(group_size)
+    a = (g - 1) / g
+
+    def core(q):
+        return (q / (1 - q).clamp(min=1 / g)).pow(beta)
+
+    last, prev = core(p.new_tensor(a)), core(p.new_tensor((g - 2) / g))
+    end = last + (last - prev)
+    linear = last + (end - last) * (p - a) / (1 - a)
+    return torch.where(p <= a, core(p.clamp(max=a)), linear)
+
+
+def flipped_neg_curve(p: torch.Tensor, beta: float, group_size: int) -> torch.Tensor:
+    """EntIncrease negative curve, App. D Eq. 16 and 18.
+
+    ``A~neg(p) = A_neg(1-p) = -((1-p)/p)**beta`` for ``1/G <= p < 1``; on ``[0, 1/G)`` the line
+    through ``V = A~neg(1/G) - [A~neg(2/G) - A~neg(1/G)]`` at 0 and ``A~neg(1/G)``.
+    """
+    g = float(group_size)
+    b = 1 / g
+
+    def core(q):
+        return -((1 - q) / q.clamp(min=b)).pow(beta)
+
+    first, second = core(p.new_tensor(b)), core(p.new_tensor(2 / g))
+    start = first - (second - first)
+    linear = start + (first - start) * p / b
+    return torch.where(p >= b, core(p.clamp(min=b)), linear)
+
+
+def _flipped(rewards, beta_pos, beta_neg, success_threshold, flip_pos: bool):
+    valid, success, k, n = _group_counts(rewards, success_threshold)
+    group_size = rewards.shape[1]
+    p = k / n.clamp(min=1)
+    if flip_pos:
+        a_pos = flipped_pos_curve(p, beta_pos, group_size)
+        a_neg = -_odds(k, n - k).pow(beta_neg)
+    else:
+        a_pos = _odds(n - k, k).pow(beta_pos)
+        a_neg = flipped_neg_curve(p, beta_neg, group_size)
+    adv = torch.where(success, a_pos, a_neg)
+    return torch.where(valid, adv, torch.zeros_like(adv))
+
+
+def ent_decrease_advantages(
+    rewards: torch.Tensor, beta_pos: float = 0.5, beta_neg: float = 0.5, success_threshold: float = 1.0
+) -> torch.Tensor:
+    """EntDecrease (§3.2, App. D): positive curve flipped (Eq. 17), negative curve as Eq. 10.
+
+    The boundary uses the nominal group size G (the tensor's width), so the extension is
+    the paper's even when unscorable rollouts shrink a group.
+    """
+    return _flipped(rewards, beta_pos, beta_neg, success_threshold, flip_pos=True)
+
+
+def ent_increase_advantages(
+    rewards: torch.Tensor, beta_pos: float = 0.5, beta_neg: float = 0.5, success_threshold: float = 1.0
+) -> torch.Tensor:
+    """EntIncrease (§3.2, App. D): negative curve flipped (Eq. 18), positive curve as Eq. 10."""
+    return _flipped(rewards, beta_pos, beta_neg, success_threshold, flip_pos=False)
+
+
+def _log_comb(n: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """log C(n, r) for real tensors; -inf where r < 0 or r > n (C = 0)."""
+    ok = (r >= 0) & (r <= n)
+    n_, r_ = n.clamp(min=0), r.clamp(min=0)
+    out = torch.lgamma(n_ + 1) - torch.lgamma(r_ + 1) - torch.lgamma((n_ - r_).clamp(min=0) + 1)
+    return torch.where(ok, out, torch.full_like(out, -math.inf))
+
+
+def pass_at_k_advantages(rewards: torch.Tensor, k: int = 5, success_threshold: float = 1.0) -> torch.Tensor:
+    """Pass@K training (Chen et al. 2025), analytic form for a group of N rollouts, c correct.
+
+    ``rho = 1 - C(N-c, K)/C(N, K)`` (group pass@K), ``sigma = sqrt(rho(1-rho))``,
+    ``A_pos = (1-rho)/sigma``, ``A_neg = (1 - rho - C(N-c-1, K-1)/C(N-1, K-1))/sigma``.
+    Groups with sigma = 0 (no success, or every K-subset holds one) get 0.  N is the number of
+    scorable rollouts; where N < K the group uses K = N.
+    """
+    valid, success, c, n = _group_counts(rewards, success_threshold)
+    kk = torch.minimum(torch.full_like(n, float(k)), n)
+    rho = 1 - torch.exp(_log_comb(n - c, kk) - _log_comb(n, kk))
+    sigma = torch.sqrt((rho * (1 - rho)).clamp(min=0))
+    has_signal = sigma > 1e-12
+    safe_sigma = torch.where(has_signal, sigma, torch.ones_like(sigma))
+    a_pos = (1 - rho) / safe_sigma
+    miss = torch.exp(_log_comb(n - c - 1, kk - 1) - _log_comb(n - 1, kk - 1))
+    a_neg = (1 - rho - miss) / safe_sigma
+    adv = torch.where(success, a_pos, a_neg)
+    return torch.where(valid & has_signal, adv, torch.zeros_like(adv))
+
+
+def dr_grpo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """Dr. GRPO (Liu et al. 2025): ``A = r - mean(r)`` over the group's scorable rollouts, no std.
+
+    Uses the raw reward values (partial credit included).  Pair it with
+    ``loss_type="dr_grpo"`` for the constant loss normaliser.
+    """
+    valid = ~torch.isnan(rewards)
+    mean = torch.nanmean(rewards, dim=1, keepdim=True).nan_to_num(0.0)
+    adv = rewards - mean
+    return torch.where(valid, adv, torch.zeros_like(adv))
+
+
+def entropy_shaped_advantages(
+    advantages: torch.Tensor, entropies: torch.Tensor, alpha: float, kappa: float
+) -> torch.Tensor:
+    """Entropy advantage (Cheng et al. 2025): per token ``A'_t = A + min(alpha * H_t, |A| / kappa)``.
+
+    ``advantages`` is ``(B,)``, ``entropies`` is ``(B, T)``; the entropy term is detached
+    (it shapes the signal, it is not optimised), so the result is ``(B, T)``.
+    """
+    a = advantages.unsqueeze(1)
+    bonus = torch.minimum(alpha * entropies.detach(), a.abs() / kappa)
+    return a + bonus
+
+
+def _asym_entry(rewards, *, beta_pos, beta_neg, success_threshold, **_):
+    return asym_advantages(rewards, beta_pos, beta_neg, success_threshold)
+
+
+def _ent_decrease_entry(rewards, *, beta_pos, beta_neg, success_threshold, **_):
+    return ent_decrease_advantages(rewards, beta_pos, beta_neg, success_threshold)
+
+
+def _ent_increase_entry(rewards, *, beta_pos, beta_neg, success_threshold, **_):
+    return ent_increase_advantages(rewards, beta_pos, beta_neg, success_threshold)
+
+
+def _pass_at_k_entry(rewards, *, pass_at_k, success_threshold, **_):
+    return pass_at_k_advantages(rewards, pass_at_k, success_threshold)
+
+
+def _dr_grpo_entry(rewards, **_):
+    return dr_grpo_advantages(rewards)
+
+
+# name -> fn(rewards (M, G), **params) -> advantages (M, G).  The beta presets share the
+# "asym" entry; their betas are filled in by AsymGRPOConfig from BETA_PRESETS.
+ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {
+    "asym": _asym_entry,
+    **{name: _asym_entry for name in BETA_PRESETS},
+    "ent_decrease": _ent_decrease_entry,
+    "ent_increase": _ent_increase_entry,
+    "pass_at_k": _pass_at_k_entry,
+    "dr_grpo": _dr_grpo_entry,
+}
+
+
+def compute_advantages(
+    rewards: torch.Tensor,
+    num_generations: int,
+    estimator: str = "asym",
+    *,
+    beta_pos: float | None = None,
+    beta_neg: float | None = None,
+    success_threshold: float = 1.0,
+    pass_at_k: int = 5,
+) -> torch.Tensor:
+    """Flat ``(N,)`` rewards in TRL's order (each prompt's G rollouts consecutive) -> ``(N,)`` advantages.
+
+    ``beta_pos``/``beta_neg`` default to the estimator's preset (``asym``: the paper's 0.9/0.4;
+    flipped variants: 0.5/0.5).
+    """
+    if estimator not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {estimator!r}; choose one of {sorted(ADVANTAGE_ESTIMATORS)}")
+    if rewards.dim() != 1 or rewards.numel() % num_generations:
+        raise ValueError(
+            f"rewards must be a flat tensor whose length is a multiple of num_generations={num_generations}, "
+            f"got shape {tuple(rewards.shape)}"
+        )
+    default_pos, default_neg = BETA_PRESETS.get(estimator, (0.9, 0.4) if estimator == "asym" else (0.5, 0.5))
+    grouped = rewards.view(-1, num_generations)
+    adv = ADVANTAGE_ESTIMATORS[estimator](
+        grouped,
+        beta_pos=default_pos if beta_pos is None else beta_pos,
+        beta_neg=default_neg if beta_neg is None else beta_neg,
+        success_threshold=success_threshold,
+        pass_at_k=pass_at_k,
+    )
+    return adv.reshape(-1)

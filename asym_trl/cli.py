@@ -1,0 +1,28 @@
+"""The ``asym-trl`` command: one sub-command per everyday task, each a module with ``main(argv)``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module with a main(argv) function, one-line help). Add a line to add a command.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("asym_trl.quickstart", "offline CPU AsymGRPO run on the embedded toy task"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="asym-trl", description="AsymGRPO on Hugging Face TRL")
+    parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv[:1])
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

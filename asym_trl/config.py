@@ -1,0 +1,146 @@
+"""AsymGRPOConfig: GRPOConfig plus the advantage estimator of the AsymGRPO paper."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from .advantages import ADVANTAGE_ESTIMATORS, BETA_PRESETS
+
+ENTROPY_SCOPES = ("all", "positive", "negative")
+# Estimators that read (beta_pos, beta_neg) and their defaults when neither is given.
+_BETA_DEFAULTS = {"asym": (0.9, 0.4), "ent_decrease": (0.5, 0.5), "ent_increase": (0.5, 0.5), **BETA_PRESETS}
+
+
+@dataclass
+class AsymGRPOConfig(GRPOConfig):
+    r"""
+    Configuration for [`AsymGRPOTrainer`]: every [`~trl.GRPOConfig`] field, plus the following.
+
+    Parameters:
+        advantage_estimator (`str`, *optional*, defaults to `"asym"`):
+            How rollout advantages are computed from the group's rewards (see `asym_trl.advantages`):
+            `"asym"` (Eq. 10 with `beta_pos`, `beta_neg`), its presets `"reinforce"` (0, 0), `"grpo"` (0.5, 0.5,
+            the population std: TRL's own GRPO advantages are these times sqrt((G-1)/G)), `"pos_only"` (0.5, 0),
+            `"neg_only"` (0, 0.5); the flipped curves `"ent_decrease"` / `"ent_increase"` (App. D); `"pass_at_k"`
+            (Chen et al. 2025) and `"dr_grpo"` (r - mean, no std).
+        beta_pos (`float` or `None`, *optional*):
+            Exponent on correct rollouts, >= 0. Defaults to the estimator's value (asym: 0.9; flipped: 0.5); a
+            preset accepts only its own value.
+        beta_neg (`float` or `None`, *optional*):
+            Exponent on incorrect rollouts, >= 0. Defaults to the estimator's value (asym: 0.4; flipped: 0.5).
+        success_threshold (`float`, *optional*, defaults to `1.0`):
+            A rollout is a success when its reward is >= this value. Rewards need not be binary: partial credit
+            below the threshold counts as a failure. Unscorable rollouts (every reward function returned `None`)
+            count as neither and get advantage 0.
+        success_reward_func (`str` or `None`, *optional*):
+            Name of the reward function whose raw score decides success (e.g. the accuracy reward, leaving a
+            format reward out). Default: TRL's weighted sum of all reward functions. Not used by `"dr_grpo"`,
+            which works on the reward values themselves.
+        pass_at_k (`int`, *optional*, defaults to `5`):
+            K of `"pass_at_k"`; 1 <= K <= `num_generations`.
+        entropy_adv_alpha (`float`, *optional*, defaults to `0.0`):
+            Entropy advantage (Cheng et al. 2025): per token `A + min(alpha * H_t, |A| / kappa)`. 0 disables it;
+            the paper's baseline uses 0.4.
+        entropy_adv_kappa (`float`, *optional*, defaults to `2.0`):
+            kappa of the entropy advantage, > 0.
+        entropy_scope (`str`, *optional*, defaults to `"all"`):
+            Which rollouts receive TRL's entropy bonus (`entropy_coef`): `"all"` (TRL's own bonus, unchanged),
+            `"positive"` (only tokens of correct rollouts: informative entropy) or `"negative"` (only tokens of
+            incorrect rollouts: spurious entropy). The per-token weight is the same as for `"all"`, so
+            `entropy_coef` keeps its meaning.
+
+    Clip-higher is TRL's `epsilon_high`, the entropy bonus TRL's `entropy_coef`, token-level aggregation TRL's
+    `loss_type="dapo"` (the default): they are used as they are. `scale_rewards="batch"` and
+    `multi_objective_aggregation="normalize_then_sum"` normalise TRL's own advantages, which this estimator
+    replaces, so they are rejected.
+    """
+
+    advantage_estimator: str = field(
+        default="asym",
+        metadata={"help": "Advantage estimator.", "choices": sorted(ADVANTAGE_ESTIMATORS)},
+    )
+    beta_pos: float | None = field(default=None, metadata={"help": "Exponent on correct rollouts (Eq. 10)."})
+    beta_neg: float | None = field(default=None, metadata={"help": "Exponent on incorrect rollouts (Eq. 10)."})
+    success_threshold: float = field(default=1.0, metadata={"help": "A rollout succeeds when reward >= this."})
+    success_reward_func: str | None = field(
+        default=None, metadata={"help": "Reward function whose score decides success (default: weighted sum)."}
+    )
+    pass_at_k: int = field(default=5, metadata={"help": "K of the pass_at_k estimator."})
+    entropy_adv_alpha: float = field(default=0.0, metadata={"help": "Entropy-advantage alpha (0 = off)."})
+    entropy_adv_kappa: float = field(default=2.0, metadata={"help": "Entropy-advantage kappa."})
+    entropy_scope: str = field(
+        default="all",
+        metadata={"help": "Rollouts that receive the entropy bonus.", "choices": list(ENTROPY_SCOPES)},
+    )
+
+    def __post_init__(self):
+        self._validate_estimator()
+        super().__post_init__()
+        self._validate_against_grpo()
+
+    def _validate_estimator(self):
+        est = self.advantage_estimator
+        if est not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"advantage_estimator={est!r} is unknown; choose one of {sorted(ADVANTAGE_ESTIMATORS)}")
+        for name in ("beta_pos", "beta_neg"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}={value} is invalid: it must be a finite number >= 0")
+        if est in _BETA_DEFAULTS:
+            default_pos, default_neg = _BETA_DEFAULTS[est]
+            if est in BETA_PRESETS:
+                for name, want in (("beta_pos", default_pos), ("beta_neg", default_neg)):
+                    if getattr(self, name) not in (None, want):
+                        raise ValueError(
+                            f"{name}={getattr(self, name)} conflicts with advantage_estimator={est!r}, which fixes "
+                            f"{name}={want}; use advantage_estimator='asym' to set the betas freely"
+                        )
+            self.beta_pos = default_pos if self.beta_pos is None else float(self.beta_pos)
+            self.beta_neg = default_neg if self.beta_neg is None else float(self.beta_neg)
+        else:
+            for name in ("beta_pos", "beta_neg"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is not used by advantage_estimator={est!r}; remove it")
+        if est == "dr_grpo" and self.success_reward_func is not None:
+            raise ValueError("success_reward_func is not used by advantage_estimator='dr_grpo' (it uses raw rewards)")
+        if not math.isfinite(self.success_threshold):
+            raise ValueError(f"success_threshold={self.success_threshold} must be a finite number")
+        if self.entropy_adv_alpha < 0 or not math.isfinite(self.entropy_adv_alpha):
+            raise ValueError(f"entropy_adv_alpha={self.entropy_adv_alpha} must be a finite number >= 0 (0 = off)")
+        if not (self.entropy_adv_kappa > 0 and math.isfinite(self.entropy_adv_kappa)):
+            raise ValueError(f"entropy_adv_kappa={self.entropy_adv_kappa} must be a finite number > 0")
+        if self.entropy_scope not in ENTROPY_SCOPES:
+            raise ValueError(f"entropy_scope={self.entropy_scope!r} is unknown; choose one of {list(ENTROPY_SCOPES)}")
+
+    def _validate_against_grpo(self):
+        """Checks that need GRPOConfig's resolved fields."""
+        if self.advantage_estimator == "pass_at_k" and not (1 <= self.pass_at_k <= self.num_generations):
+            raise ValueError(
+                f"pass_at_k={self.pass_at_k} must satisfy 1 <= K <= num_generations={self.num_generations}"
+            )
+        if self.advantage_estimator in ("ent_decrease", "ent_increase"):
+            for name in ("num_generations", "num_generations_eval"):
+                g = getattr(self, name)
+                if g is not None and g < 2:
+                    raise ValueError(f"{name}={g}: the flipped curves of App. D need a group size >= 2")
+        if self.scale_rewards == "batch":
+            raise ValueError(
+                "scale_rewards='batch' normalises TRL's own advantages, which advantage_estimator replaces; "
+                "leave it at 'group' (or 'none')"
+            )
+        if self.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(
+                f"multi_objective_aggregation={self.multi_objective_aggregation!r} is not supported: "
+                "advantage_estimator works on the weighted sum of the rewards ('sum_then_normalize')"
+            )
+        if self.entropy_scope != "all":
+            if self.entropy_coef == 0.0:
+                raise ValueError(f"entropy_scope={self.entropy_scope!r} has no effect with entropy_coef=0; set both")
+            if self.use_adaptive_entropy or self.top_entropy_quantile < 1.0:
+                raise ValueError(
+                    f"entropy_scope={self.entropy_scope!r} cannot be combined with use_adaptive_entropy or "
+                    "top_entropy_quantile < 1; use entropy_scope='all' for those"
+                )

@@ -1,0 +1,127 @@
+"""Offline stand-ins for CPU runs and tests: a tiny Qwen3 model, its tokenizer and a toy task.
+
+Nothing here touches the Hub.  The model is a randomly initialised ``Qwen3ForCausalLM``
+(head_dim >= 32 so vLLM's CPU attention can serve it) with a byte-level BPE tokenizer
+trained locally on arithmetic text and a ChatML chat template (as Qwen's).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+__all__ = ["build_tiny_model", "toy_sum_dataset", "toy_sum_reward", "CHAT_TEMPLATE"]
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _toy_question(a: int, b: int) -> str:
+    return f"What is the last digit of {a} + {b}? Answer with one digit."
+
+
+def toy_sum_dataset(n: int = 256, seed: int = 0):
+    """``n`` prompts "last digit of a + b" (conversational, as TRL expects) with an ``answer`` column."""
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        rows.append({"prompt": [{"role": "user", "content": _toy_question(a, b)}], "answer": str((a + b) % 10)})
+    return Dataset.from_list(rows)
+
+
+def _completion_text(completion) -> str:
+    return completion[-1]["content"] if isinstance(completion, list) else completion
+
+
+def toy_sum_reward(completions, answer, **kwargs) -> list[float]:
+    """1.0 when the first digit of the completion is the answer, else 0.0 (binary, verifiable)."""
+    rewards = []
+    for completion, gold in zip(completions, answer, strict=True):
+        match = re.search(r"\d", _completion_text(completion))
+        rewards.append(float(match is not None and match.group() == gold))
+    return rewards
+
+
+def _corpus(num_lines: int = 2000, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(num_lines):
+        a, b = rng.randint(0, 999), rng.randint(0, 999)
+        lines.append(f"{_toy_question(a, b)} {a} + {b} = {a + b}, so the answer is \\boxed{{{(a + b) % 10}}}.")
+    return lines
+
+
+def build_tiny_model(
+    output_dir: str | Path,
+    *,
+    hidden_size: int = 64,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 2,
+    vocab_size: int = 320,
+    seed: int = 0,
+) -> Path:
+    """Build (or reuse, if ``output_dir`` already holds one) a tiny Qwen3 model and tokenizer.
+
+    Returns the directory, loadable offline with ``from_pretrained``.  ``head_dim`` is 32.
+    """
+    output_dir = Path(output_dir)
+    if (output_dir / "config.json").exists() and (output_dir / "tokenizer.json").exists():
+        return output_dir
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    head_dim = 32
+    if hidden_size % num_attention_heads or hidden_size // num_attention_heads < head_dim:
+        raise ValueError(
+            f"hidden_size={hidden_size} / num_attention_heads={num_attention_heads} must give head_dim >= {head_dim}"
+        )
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_corpus(seed=seed), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=1,
+        head_dim=head_dim,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
