@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import zlib
+import hashlib
 
 import pytest
 import torch
@@ -15,7 +15,7 @@ from asym_trl.tiny import toy_sum_dataset
 
 def coin_reward(completions, **kwargs):
     """Deterministic ~50% binary reward from the completion text: groups with mixed outcomes."""
-    return [float(zlib.crc32(c[-1]["content"].encode()) % 2) for c in completions]
+    return [float(hashlib.sha256(c[-1]["content"].encode()).digest()[0] % 2) for c in completions]
 
 
 def positional_reward(k: int, G: int):
