@@ -132,7 +132,12 @@ def test_trl_grpo_formula_is_ours_times_sqrt_g_minus_1_over_g():
 
 def test_presets_are_members_of_eq10():
     r = torch.tensor([1, 0, 0, 1, 1, 0, 1, 1.0])
-    for name, (bp, bn) in {"reinforce": (0, 0), "grpo": (0.5, 0.5), "pos_only": (0.5, 0), "neg_only": (0, 0.5)}.items():
+    for name, (bp, bn) in {
+        "reinforce": (0, 0),
+        "grpo": (0.5, 0.5),
+        "pos_only": (0.5, 0),
+        "neg_only": (0, 0.5),
+    }.items():
         assert torch.equal(compute_advantages(r, 8, name), compute_advantages(r, 8, "asym", beta_pos=bp, beta_neg=bn))
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import hashlib
+import math
 
 import pytest
 import torch
@@ -75,9 +75,18 @@ def test_grpo_preset_matches_trl_grpo_up_to_the_std_convention(tiny_model_path, 
         train_dataset=toy_sum_dataset(32),
     )
     ours.train()
-    trl_args = GRPOConfig(**{f: getattr(ours.args, f) for f in ("output_dir", "seed", "max_completion_length")},
-                          use_cpu=True, bf16=False, gradient_checkpointing=False, per_device_train_batch_size=8,
-                          learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", **common)
+    trl_args = GRPOConfig(
+        **{f: getattr(ours.args, f) for f in ("output_dir", "seed", "max_completion_length")},
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        **common,
+    )
     theirs = GRPOTrainer(tiny_model_path, reward_funcs=reward, args=trl_args, train_dataset=toy_sum_dataset(32))
     theirs.train()
 

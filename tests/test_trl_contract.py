@@ -19,7 +19,13 @@ def test_trl_version_is_the_pinned_one():
 
 
 def test_overridden_method_signatures():
-    assert params(GRPOTrainer._calculate_rewards) == ["self", "inputs", "prompts", "completions", "completion_ids_list"]
+    assert params(GRPOTrainer._calculate_rewards) == [
+        "self",
+        "inputs",
+        "prompts",
+        "completions",
+        "completion_ids_list",
+    ]
     assert params(GRPOTrainer._generate_and_score_completions) == ["self", "inputs"]
     assert params(GRPOTrainer._compute_loss) == ["self", "model", "inputs"]
     logps = params(GRPOTrainer._get_per_token_logps_and_entropies)

@@ -4,10 +4,10 @@ Launched by tests/test_distributed.py with 1 process and with 2 (torchrun, gloo 
 Usage: record_advantages.py OUT_DIR MODEL_DIR ESTIMATOR GLOBAL_BATCH
 """
 
+import hashlib
 import json
 import os
 import sys
-import hashlib
 from pathlib import Path
 
 from accelerate import PartialState
