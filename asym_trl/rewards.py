@@ -107,6 +107,8 @@ def normalize_gold(solution) -> str:
     """
     if isinstance(solution, (list, tuple)):
         return normalize_gold(", ".join(_strip_dollars(str(s)) for s in solution))
+    if solution is None:  # a missing gold answer: "$$" parses to nothing, so the pair is unscorable
+        solution = ""
     if isinstance(solution, float) and solution.is_integer():
         solution = int(solution)
     text = str(solution).strip()
