@@ -107,11 +107,12 @@ def _load_local(path: str | Path):
     file_format = _LOCAL_FORMATS.get(path.suffix.lower())
     if file_format is None:
         raise ValueError(f"unsupported data file {path.name!r}: expected one of {sorted(_LOCAL_FORMATS)}")
-    if path.is_file() and path.stat().st_size == 0:
-        raise ValueError(f"data file {str(path)!r} is empty")
     from datasets import load_dataset
 
-    return load_dataset(file_format, data_files=str(path), split="train")
+    try:
+        return load_dataset(file_format, data_files=str(path), split="train")
+    except (ValueError, StopIteration) as err:  # what `datasets` raises for a file without rows
+        raise ValueError(f"data file {str(path)!r} is empty or unreadable ({type(err).__name__}: {err})") from err
 
 
 def _resolve_columns(raw, columns: Mapping[str, str] | None, what: str) -> dict[str, str]:

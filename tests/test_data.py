@@ -144,13 +144,13 @@ def test_errors(tmp_path):
         load_benchmark(str(FIXTURES / "custom.jsonl"), columns={"answer": "gold"})
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="empty.jsonl' is empty or unreadable"):
         load_benchmark(str(empty), columns={"problem": "q", "solution": "a"})
     no_rows = tmp_path / "no_rows.parquet"
     from datasets import Dataset
 
     Dataset.from_dict({"q": [], "gold": []}).to_parquet(str(no_rows))
-    with pytest.raises(ValueError, match="no_rows.parquet' is empty"):
+    with pytest.raises(ValueError, match="no_rows.parquet' is empty or unreadable"):
         load_benchmark(str(no_rows), columns={"problem": "q", "solution": "gold"})
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_benchmark(str(tmp_path / "missing.jsonl"))
