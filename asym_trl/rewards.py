@@ -36,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "MathVerifier",
     "accuracy_reward",
     "check_answer",
+    "check_statuses",
     "extract_boxed",
     "format_reward",
     "get_verifier",
@@ -220,6 +222,7 @@ def refusal_reason(answer: str, limits: AnswerLimits | None = None) -> str | Non
 # ----------------------------------------------------------------------------------------------------------------
 
 _READY = "ready"
+_WINDOW = 8  # requests in flight per worker (small: a request is at most a few hundred bytes)
 DEFAULT_TIMEOUT_S = 1.5  # per pair, wall clock
 # Statuses returned by the worker and by check_answer.
 CORRECT, WRONG, GOLD_UNPARSEABLE, ERROR, TIMEOUT = "correct", "wrong", "gold_unparseable", "error", "timeout"
@@ -358,21 +361,38 @@ class MathVerifier:
     def check(self, gold: str, answer: str) -> str:
         """Status of ``answer`` (an extracted boxed answer) against ``gold`` (normalised by :func:`normalize_gold`):
         ``"correct"``, ``"wrong"``, ``"gold_unparseable"``, ``"error"`` or ``"timeout"``."""
+        return self.check_many([(gold, answer)])[0]
+
+    def check_many(self, pairs: Sequence[tuple[str, str]]) -> list[str]:
+        """:meth:`check` for many pairs, pipelined: up to ``_WINDOW`` requests are in flight so the worker never
+        waits for this process to be scheduled.  The worker answers in order, so pair ``i``'s clock starts when
+        pair ``i-1``'s verdict arrives; each pair gets at most ``timeout_s``."""
+        statuses: list[str] = []
         with self._lock:
-            self._ensure_ready()
-            try:
-                self._proc.stdin.write((json.dumps([gold, answer]) + "\n").encode())
-                self._proc.stdin.flush()
-            except BrokenPipeError:
-                self._kill()
-                return ERROR
-            line = self._read_line(time.monotonic() + self.timeout_s)
-            if line is None:
-                self._kill()
-                self.restarts += 1
-                self._start()  # boots in the background while the caller goes on
-                return TIMEOUT
-            return json.loads(line)[0]
+            sent = 0  # pairs[len(statuses):sent] are in flight
+            while len(statuses) < len(pairs):
+                self._ensure_ready()
+                try:
+                    while sent < len(pairs) and sent - len(statuses) < _WINDOW:
+                        self._proc.stdin.write((json.dumps(list(pairs[sent])) + "\n").encode())
+                        sent += 1
+                    self._proc.stdin.flush()
+                except BrokenPipeError:  # the worker died: this pair fails, the rest go to a new worker
+                    self._kill()
+                    statuses.append(ERROR)
+                    sent = len(statuses)
+                    continue
+                line = self._read_line(time.monotonic() + self.timeout_s)
+                if line is None:
+                    died = self._proc.poll() is not None
+                    self._kill()
+                    self.restarts += 1
+                    self._start()  # boots in the background; the pairs in flight are sent again to it
+                    statuses.append(ERROR if died else TIMEOUT)
+                    sent = len(statuses)
+                else:
+                    statuses.append(json.loads(line)[0])
+        return statuses
 
 
 TIMEOUT_ENV = "ASYM_TRL_REWARD_TIMEOUT_S"  # overrides the shared verifier's per-pair bound (e.g. on a loaded machine)
@@ -390,20 +410,32 @@ def get_verifier() -> MathVerifier:
         return _VERIFIERS[pid]
 
 
-def check_answer(completion, solution, verifier: MathVerifier | None = None) -> str:
-    """Status of one completion against its gold ``solution``.
+def _prepare(completion, solution, limits: AnswerLimits) -> str | tuple[str, str]:
+    """A final status decided without the verifier, or the ``(gold, answer)`` pair it must judge."""
+    answer = extract_boxed(_completion_text(completion))
+    if answer is None or not answer.strip():
+        return "no_answer"
+    reason = refusal_reason(answer, limits)
+    if reason is not None:
+        return f"refused:{reason}"
+    return normalize_gold(solution), answer
+
+
+def check_statuses(completions, solutions, verifier: MathVerifier | None = None) -> list[str]:
+    """Status of each completion against its gold solution.
 
     ``"correct"`` / ``"wrong"``; ``"no_answer"`` when there is no (closed) boxed answer; ``"refused:<reason>"`` for an
     answer refused by the pre-checks; ``"gold_unparseable"``, ``"timeout"`` or ``"error"`` from the verifier.
     """
-    answer = extract_boxed(_completion_text(completion))
-    if answer is None or not answer.strip():
-        return "no_answer"
     verifier = verifier or get_verifier()
-    reason = refusal_reason(answer, verifier.limits)
-    if reason is not None:
-        return f"refused:{reason}"
-    return verifier.check(normalize_gold(solution), answer)
+    prepared = [_prepare(c, s, verifier.limits) for c, s in zip(completions, solutions, strict=True)]
+    verdicts = iter(verifier.check_many([p for p in prepared if isinstance(p, tuple)]))
+    return [next(verdicts) if isinstance(p, tuple) else p for p in prepared]
+
+
+def check_answer(completion, solution, verifier: MathVerifier | None = None) -> str:
+    """:func:`check_statuses` of one completion."""
+    return check_statuses([completion], [solution], verifier)[0]
 
 
 STATUS_REWARD = {CORRECT: 1.0, WRONG: 0.0, "no_answer": 0.0}  # every other status is unscorable
@@ -418,7 +450,7 @@ def score_completions(completions, solution, verifier: MathVerifier | None = Non
     """Rewards (1.0 / 0.0 / ``None``) and statuses (see :func:`check_answer`) of completions against gold answers."""
     if len(completions) != len(solution):
         raise ValueError(f"got {len(completions)} completions but {len(solution)} solutions")
-    statuses = [check_answer(c, s, verifier) for c, s in zip(completions, solution, strict=True)]
+    statuses = check_statuses(completions, solution, verifier)
     return [STATUS_REWARD.get(status, UNSCORABLE) for status in statuses], statuses
 
 

@@ -14,6 +14,7 @@ from asym_trl.rewards import (
     MathVerifier,
     accuracy_reward,
     check_answer,
+    check_statuses,
     extract_boxed,
     format_reward,
     get_verifier,
@@ -165,13 +166,21 @@ def test_hostile_completions_return_fast(name, verifier, tmp_path):
 def test_hard_timeout_kills_and_recovers():
     # Loosen the pre-checks so that an exponentially slow parse reaches the worker; the hard bound must stop it.
     v = MathVerifier(timeout_s=0.5, limits=AnswerLimits(max_nesting=100))
+    slow = "\\boxed{" + "{" * 14 + "1" + "}" * 14 + "}"
     try:
         assert v.check("$1$", "1") == "correct"
         start = time.monotonic()
-        assert check_answer("\\boxed{" + "{" * 14 + "1" + "}" * 14 + "}", "1", v) == "timeout"
+        assert check_answer(slow, "1", v) == "timeout"
         assert time.monotonic() - start < 1.5
         assert v.restarts == 1
         assert v.check("$\\frac{1}{2}$", "0.5") == "correct"  # a fresh worker took over
+        # in the middle of a pipelined batch: the pairs in flight behind the slow one are re-sent to a new worker
+        batch = ["\\boxed{1}", "\\boxed{2}", slow, "\\boxed{1}", "\\boxed{3}"] * 2
+        assert (
+            check_statuses(batch, ["1", "1", "1", "1", "3"] * 2, v)
+            == ["correct", "wrong", "timeout", "correct", "correct"] * 2
+        )
+        assert v.restarts == 3
     finally:
         v.close()
 
