@@ -9,6 +9,7 @@ import sys
 # name -> (module with a main(argv) function, one-line help). Add a line to add a command.
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("asym_trl.quickstart", "offline CPU AsymGRPO run on the embedded toy task"),
+    "vllm-serve": ("asym_trl.vllm_serve", "start a vLLM generation server for vllm_mode='server' training"),
 }
 
 
