@@ -72,13 +72,14 @@ def wait_for_server(base_url: str, timeout: float, poll_interval: float = 1.0) -
             last = f"HTTP {response.status_code}"
         except requests.RequestException as exc:
             last = f"{type(exc).__name__}: {exc}"
-        if time.monotonic() + poll_interval > deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             raise ConnectionError(
                 f"No vLLM server answered at {base_url}/health within {timeout:g} s (last attempt: {last}). Start "
                 "one first, e.g. `asym-trl vllm-serve MODEL --weight-sync disk` (see docs/vllm.md), check "
                 "vllm_server_base_url / vllm_server_host / vllm_server_port, or raise vllm_server_timeout."
             )
-        time.sleep(poll_interval)
+        time.sleep(min(poll_interval, remaining))
 
 
 class DiskSyncClient(VLLMClient):
@@ -88,7 +89,22 @@ class DiskSyncClient(VLLMClient):
     """
 
     def __init__(self, base_url: str, connection_timeout: float = 0.0):
+        from requests.adapters import HTTPAdapter
+        from urllib3.util.retry import Retry
+
         self.session = requests.Session()
+        # Ride out transient refusals and 5xx answers during a long run, as TRL's client does.
+        retry = Retry(
+            total=5,
+            connect=5,
+            read=0,
+            status=3,
+            status_forcelist=[500, 502, 503],
+            backoff_factor=2,
+            allowed_methods=["GET", "POST"],
+        )
+        self.session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=64))
+        self.session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=64))
         self.base_url = base_url.rstrip("/")
         self.host = urlparse(self.base_url).hostname
         self.communicator = None

@@ -63,7 +63,7 @@ def test_unreachable_server_fails_within_timeout(tiny_model_path, cpu_config):
         AsymGRPOTrainer(
             model=tiny_model_path, reward_funcs=toy_sum_reward, args=args, train_dataset=toy_sum_dataset(8)
         )
-    assert time.monotonic() - start < 10
+    assert 2.0 <= time.monotonic() - start < 10  # waited the timeout, not much longer
 
 
 def test_unroutable_server_fails_within_timeout(tiny_model_path, cpu_config):
@@ -80,7 +80,7 @@ def test_unroutable_server_fails_within_timeout(tiny_model_path, cpu_config):
         AsymGRPOTrainer(
             model=tiny_model_path, reward_funcs=toy_sum_reward, args=args, train_dataset=toy_sum_dataset(8)
         )
-    assert time.monotonic() - start < 10
+    assert 2.0 <= time.monotonic() - start < 10  # waited the timeout, not much longer
 
 
 def test_weight_sync_config_errors(cpu_config):
@@ -102,7 +102,7 @@ def test_disk_sync_swaps_generation_class_only_during_init(tiny_model_path, cpu_
         vllm_server_port=_free_port(),
         vllm_server_timeout=0.5,
     )
-    with pytest.raises(ConnectionError):
+    with pytest.raises(ConnectionError):  # ours: TRL's own class would raise ImportError (no vLLM in this venv)
         AsymGRPOTrainer(
             model=tiny_model_path, reward_funcs=toy_sum_reward, args=args, train_dataset=toy_sum_dataset(8)
         )
