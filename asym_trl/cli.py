@@ -10,6 +10,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("asym_trl.quickstart", "offline CPU AsymGRPO run on the embedded toy task"),
     "eval": ("asym_trl.evaluation", "Avg@k on the paper's math benchmarks (vLLM, server or transformers)"),
+    "vllm-serve": ("asym_trl.vllm_serve", "start a vLLM generation server for vllm_mode='server' training"),
 }
 
 
