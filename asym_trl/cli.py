@@ -9,6 +9,7 @@ import sys
 # name -> (module with a main(argv) function, one-line help). Add a line to add a command.
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("asym_trl.quickstart", "offline CPU AsymGRPO run on the embedded toy task"),
+    "plot": ("asym_trl.plotting", "paper-style diagnostics plots of finished runs (PNG)"),
 }
 
 

@@ -46,7 +46,8 @@ class AsymGRPOTrainer(GRPOTrainer):
       TRL's loss runs untouched.
 
     With ``log_diagnostics`` a callback also measures the likelihood displacement after the
-    optimizer step and logs the epoch-wise group shares (see ``docs/diagnostics.md``).
+    optimizer step, logs the epoch-wise group shares and saves ``trainer_state.json`` at the end
+    of training (see ``docs/diagnostics.md``).
     """
 
     def __init__(self, *args, **kwargs):
@@ -303,10 +304,14 @@ class AsymGRPOTrainer(GRPOTrainer):
 
 
 class _DiagnosticsCallback(TrainerCallback):
-    """Runs the trainer's after-update diagnostics at the end of each optimizer step, before logging."""
+    """Runs the trainer's after-update diagnostics at the end of each optimizer step, before logging, and
+    writes ``trainer_state.json`` (the log history the plots read) when training ends."""
 
     def __init__(self, trainer: AsymGRPOTrainer):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer._diagnostics_step_end(control)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer.save_state()  # trainer_state.json in output_dir, for `asym-trl plot` (main process only)
