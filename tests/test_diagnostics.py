@@ -230,6 +230,14 @@ def reference_forward(model, step):
     return rows
 
 
+def hand_cov(ref, group, k):
+    """Eq. 12-13 for one group of step 0 (k successes, Eq. 10 advantages with (0.9, 0.4)), with plain floats."""
+    a = [((G - k) / k) ** 0.9] * k + [-((k / (G - k)) ** 0.4)] * (G - k)
+    x = [ref[group * G + i]["logps"].mean().item() for i in range(G)]
+    mx, ma = sum(x) / G, sum(a) / G
+    return sum((xi - mx) * (ai - ma) for xi, ai in zip(x, a, strict=True)) / G
+
+
 def test_trainer_logs_hand_checked_values(model_path, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -257,13 +265,8 @@ def test_trainer_logs_hand_checked_values(model_path, tmp_path):
         assert logged[f"entropy/{name}"] == pytest.approx(ent.mean().item(), rel=1e-4)
 
     # Cov(p), Eq. 12-14, by hand: only the k=1 and k=2 groups are mixed (levels 1 and 2).
-    adv_by_group = {1: [3**0.9] + [-(3**-0.4)] * 3, 2: [1.0, 1.0, -1.0, -1.0]}
-    for group, k in ((1, 1), (2, 2)):
-        x = [ref[group * G + i]["logps"].mean().item() for i in range(G)]
-        a = adv_by_group[k]
-        mx, ma = sum(x) / G, sum(a) / G
-        cov = sum((xi - mx) * (ai - ma) for xi, ai in zip(x, a, strict=True)) / G
-        assert logged[f"cov/p_{k}of4"] == pytest.approx(cov, rel=1e-4, abs=1e-7)
+    for k in (1, 2):
+        assert logged[f"cov/p_{k}of4"] == pytest.approx(hand_cov(ref, group=k, k=k), rel=1e-4, abs=1e-7)
     assert "cov/p_3of4" not in logged  # no group at that level
 
     # Likelihood displacement after the update, over the correct rollouts.
@@ -302,6 +305,28 @@ def test_metrics_do_not_depend_on_the_split(model_path, tmp_path):
     _assert_same_metrics(one, four)
 
 
+@pytest.mark.parametrize(
+    "split",
+    [
+        dict(per_device_train_batch_size=2 * G, steps_per_generation=2),  # one generation, two optimizer steps
+        dict(num_iterations=2),  # the generation batch is trained on twice
+    ],
+    ids=["steps_per_generation=2", "num_iterations=2"],
+)
+def test_covariance_uses_the_sampling_policy(model_path, tmp_path, split):
+    """When a generation outlives an update, Cov(p) still uses the log-probs of the policy that sampled."""
+    from transformers import AutoModelForCausalLM
+
+    logged = diag_metrics(run_scripted(model_path, tmp_path / "out", **split).state.log_history)
+    ref = reference_forward(AutoModelForCausalLM.from_pretrained(model_path).eval(), step=0)
+    assert logged[1]["groups/all_solved"] == 0.25 and "groups/all_solved" not in logged[2]  # one generation
+    cov = {k: v for step in (1, 2) for k, v in logged[step].items() if k.startswith("cov/")}
+    assert cov.keys() == {"cov/p_1of4", "cov/p_2of4"}
+    for k in (1, 2):
+        assert cov[f"cov/p_{k}of4"] == pytest.approx(hand_cov(ref, group=k, k=k), rel=1e-4, abs=1e-7)
+    assert {"entropy/correct", "likelihood_displacement/correct"} <= logged[1].keys() & logged[2].keys()
+
+
 def test_covariance_window_and_displacement_period(model_path, tmp_path):
     trainer = run_scripted(
         model_path, tmp_path / "out", max_steps=3, cov_window_steps=1, likelihood_displacement_steps=2
@@ -317,6 +342,8 @@ def test_diagnostics_off_logs_nothing(model_path, tmp_path):
         model_path, tmp_path / "out", max_steps=1, log_diagnostics=False, likelihood_displacement_steps=0
     )
     assert diag_metrics(trainer.state.log_history) == {1: {}}
+    assert not any(type(cb).__name__ == "_DiagnosticsCallback" for cb in trainer.callback_handler.callbacks)
+    assert "rollout_index" not in trainer._buffered_inputs[0]
     assert "entropy" in trainer.state.log_history[0]  # TRL's own metrics still there
 
 

@@ -56,6 +56,8 @@ def test_plot_of_a_real_run_has_every_panel(run_dir):
 
     history = load_log_history(run_dir)  # written by the trainer at the end of training
     assert any("groups/epoch_all_solved" in h for h in history) and any("eval_reward" in h for h in history)
+    evals = [h for h in history if "eval_reward" in h]
+    assert all({"eval_groups/all_solved", "eval_entropy/incorrect"} <= h.keys() for h in evals)  # eval diagnostics
     fig = make_figure([history], ["asym"])
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == list(PANELS)
