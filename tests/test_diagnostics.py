@@ -134,15 +134,16 @@ def model_path(tiny_model_path, tmp_path_factory):
     return str(out)
 
 
-# Scripted generation: rollout j (global index) of the step's batch of 4 groups succeeds when j % G < k_g, with
-# k = (0, 1, 2, 4) rotated by the step; completions have different lengths.  Records what it produced.
+# Scripted generation: rollout j (global index) of generation batch n succeeds when j % G < k_g, with
+# k = (0, 1, 2, 4) rotated by group and by n; completions have different lengths.  Records what it produced.
 SCRIPT: dict[tuple[int, int], dict] = {}
 K_PER_GROUP = (0, 1, 2, 4)
 
 
 def scripted_rollout(prompts, trainer):
     tok = trainer.processing_class
-    step, offset = trainer.state.global_step, trainer.accelerator.process_index * len(prompts)
+    step = trainer._scripted_generations = getattr(trainer, "_scripted_generations", -1) + 1
+    offset = trainer.accelerator.process_index * len(prompts)
     out = {"prompt_ids": [], "completion_ids": [], "logprobs": None}
     for i, prompt in enumerate(prompts):
         j = offset + i
@@ -211,7 +212,7 @@ def diag_metrics(log_history):
 
 
 def reference_forward(model, step):
-    """Per rollout of ``step`` (global order): token log-probs and entropies from a plain forward, one by one."""
+    """Per rollout of generation ``step`` (global order): token log-probs and entropies, one plain forward each."""
     rows = []
     for j in range(4 * G):
         rec = SCRIPT[(step, j)]
@@ -354,14 +355,27 @@ def test_config_rejects_bad_diagnostics_settings(tmp_path):
         make_config(tmp_path, log_diagnostics=False, likelihood_displacement_steps=2)
 
 
+# (1-process overrides, per-process overrides of the 2-process run): the same global batches.
+TWO_PROCESS_CASES = {
+    "2 groups per process": ({}, {"per_device_train_batch_size": 2 * G}),
+    # A generation batch is one group split over the 2 processes; 4 generations per optimizer step.
+    "groups split across processes": (
+        {"per_device_train_batch_size": G, "gradient_accumulation_steps": 4, "steps_per_generation": 1},
+        {"per_device_train_batch_size": G // 2, "gradient_accumulation_steps": 4, "steps_per_generation": 1},
+    ),
+}
+
+
 @pytest.mark.slow
-def test_two_processes_log_what_one_process_logs(model_path, tmp_path):
-    """torchrun with 2 CPU processes (gloo), 2 groups each, logs the values of the 1-process run."""
+@pytest.mark.parametrize("case", list(TWO_PROCESS_CASES))
+def test_two_processes_log_what_one_process_logs(model_path, tmp_path, case):
+    """torchrun with 2 CPU processes (gloo) logs the values of the 1-process run on the same global batches."""
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    single = diag_metrics(run_scripted(model_path, tmp_path / "one").state.log_history)
+    one_process, per_process = TWO_PROCESS_CASES[case]
+    single = diag_metrics(run_scripted(model_path, tmp_path / "one", **one_process).state.log_history)
     out = tmp_path / "two.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
-    cmd += [str(Path(__file__).resolve()), model_path, str(tmp_path / "two"), str(out)]
+    cmd += [str(Path(__file__).resolve()), model_path, str(tmp_path / "two"), str(out), json.dumps(per_process)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(out.read_text())
@@ -372,9 +386,9 @@ def test_two_processes_log_what_one_process_logs(model_path, tmp_path):
 
 
 if __name__ == "__main__":  # one process of the 2-process test
-    model_path, output_dir, out_json = sys.argv[1:4]
+    model_path, output_dir, out_json, overrides = sys.argv[1:5]
     random.seed(0)
-    trainer = run_scripted(model_path, output_dir, per_device_train_batch_size=2 * G)
+    trainer = run_scripted(model_path, output_dir, **json.loads(overrides))
     if trainer.accelerator.is_main_process:
         result = {
             "num_processes": trainer.accelerator.num_processes,
