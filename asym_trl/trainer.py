@@ -275,7 +275,8 @@ class AsymGRPOTrainer(GRPOTrainer):
             if scored:
                 self._metrics["train"]["groups/epoch_all_solved"].append(all_solved / scored)
                 self._metrics["train"]["groups/epoch_none_solved"].append(none_solved / scored)
-                control.should_log = True  # one log entry closes every epoch
+                if self.args.logging_strategy != "no":
+                    control.should_log = True  # one log entry closes every epoch
             self._diag_epoch_counts.zero_()
 
     def _measure_likelihood_displacement(self):

@@ -186,7 +186,7 @@ def make_config(output_dir, **overrides):
     return AsymGRPOConfig(**kwargs)
 
 
-def run_scripted(model_path, output_dir, **overrides):
+def run_scripted(model_path, output_dir, dataset_size=64, **overrides):
     from asym_trl.tiny import toy_sum_dataset
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -194,7 +194,7 @@ def run_scripted(model_path, output_dir, **overrides):
         model=str(model_path),
         reward_funcs=starts_with_seven,
         args=make_config(output_dir, **overrides),
-        train_dataset=toy_sum_dataset(64),
+        train_dataset=toy_sum_dataset(dataset_size),
         rollout_func=scripted_rollout,
     )
     trainer.train()
@@ -336,6 +336,17 @@ def test_covariance_window_and_displacement_period(model_path, tmp_path):
     assert "cov/p_1of4" in logged[1] and not any(k.startswith("cov/") for k in logged[2] | logged[3])
     assert "likelihood_displacement/correct" in logged[2]
     assert "likelihood_displacement/correct" not in logged[1] | logged[3]
+
+
+def test_epoch_shares_get_their_own_log_entry(model_path, tmp_path):
+    """8 prompts = 2 steps per epoch; with logging_steps=5 the epoch ends still get an entry with exact shares."""
+    trainer = run_scripted(model_path, tmp_path / "out", dataset_size=8, max_steps=5, logging_steps=5)
+    entries = {h["step"]: h for h in trainer.state.log_history if "loss" in h}
+    assert sorted(entries) == [2, 4, 5]
+    # Generations 0-1, 2-3 and 4: k per group rotates (0, 1, 2, 4), so each has 1 all- and 1 none-solved of 4.
+    for step in (2, 4, 5):
+        assert entries[step]["groups/epoch_all_solved"] == 0.25 and entries[step]["groups/epoch_none_solved"] == 0.25
+    assert [entries[s]["epoch"] for s in (2, 4)] == [1.0, 2.0]
 
 
 def test_diagnostics_off_logs_nothing(model_path, tmp_path):
