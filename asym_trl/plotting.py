@@ -3,7 +3,8 @@
 ``plot_runs(["runs/grpo", "runs/asym"])`` (or ``asym-trl plot runs/grpo runs/asym``) draws, one line per run:
 
 (a) policy entropy, overall and on correct / incorrect rollouts (§3.1: informative vs spurious entropy);
-(b) training reward and validation reward/accuracy (Fig. 2 b,f);
+(b) training reward and validation reward/accuracy (Fig. 2 b,f; ``val/avg`` of
+    :class:`asym_trl.validation.ValidationCallback`, in %, on a right-hand axis);
 (c) epoch-wise shares of all-solved and none-solved groups (Fig. 2 c,g);
 (d) likelihood displacement of correct rollouts after each update (Fig. 2 d,h);
 (e) Cov(p) over the covariance window against group accuracy p (Fig. 1 c, App. B);
@@ -119,6 +120,8 @@ def make_figure(histories: Sequence[list[dict]], labels: Sequence[str], smooth: 
         ax.set_title(title, fontsize=11)
         ax.grid(alpha=0.3)
     a_ent, a_acc, a_solved, a_disp, a_cov, a_adv = axes
+    # Greedy validation accuracy in percent (val/avg, the paper's average validation accuracy) gets its own axis.
+    a_val = a_acc.twinx() if any(_series(h, "val/avg")[0] for h in histories) else None
     for i, (history, label) in enumerate(zip(histories, labels, strict=True)):
         color = f"C{i}"
         for key, style, name in (
@@ -131,6 +134,8 @@ def make_figure(histories: Sequence[list[dict]], labels: Sequence[str], smooth: 
         for j, key in enumerate(_validation_keys(history)):
             name = key.removeprefix("eval_")
             a_acc.plot(*_series(history, key), "o" + "--:-."[j % 3], color=color, ms=3, label=f"{label}: val {name}")
+        if a_val is not None:
+            a_val.plot(*_series(history, "val/avg"), "D-.", color=color, ms=4, label=f"{label}: val accuracy (avg)")
         a_solved.plot(*_epoch_shares(history, "all_solved"), "o-", color=color, label=f"{label}: all-solved (p=1)")
         a_solved.plot(*_epoch_shares(history, "none_solved"), "s--", color=color, label=f"{label}: none-solved (p=0)")
         a_disp.plot(*_series(history, "likelihood_displacement/correct", smooth=smooth), "-", color=color, label=label)
@@ -149,6 +154,8 @@ def make_figure(histories: Sequence[list[dict]], labels: Sequence[str], smooth: 
         )
     a_ent.set(xlabel="training step", ylabel="mean token entropy (nats)")
     a_acc.set(xlabel="training step", ylabel="mean reward / accuracy")
+    if a_val is not None:
+        a_val.set_ylabel("validation accuracy (%), avg over benchmarks")
     a_solved.set(xlabel="epoch", ylabel="share of prompts (groups)", ylim=(-0.02, 1.02))
     a_disp.set(xlabel="training step", ylabel=r"E[log $\pi_{new}$(y) - log $\pi_{old}$(y)]")
     a_cov.set(xlabel="group accuracy p = k/G", ylabel="Cov(length-normalised log-prob, advantage)", xlim=(0, 1))
@@ -161,7 +168,11 @@ def make_figure(histories: Sequence[list[dict]], labels: Sequence[str], smooth: 
     }
     for ax in axes:
         if ax.lines and any(len(line.get_xdata()) for line in ax.lines):
-            ax.legend(fontsize=7, loc="best")
+            handles, names = ax.get_legend_handles_labels()
+            if ax is a_acc and a_val is not None:
+                more = a_val.get_legend_handles_labels()
+                handles, names = handles + more[0], names + more[1]
+            ax.legend(handles, names, fontsize=7, loc="best")
         else:
             ax.text(
                 0.5, 0.5, hints.get(ax, "not logged"), ha="center", va="center", transform=ax.transAxes, color="gray"

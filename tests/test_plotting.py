@@ -96,6 +96,17 @@ def test_missing_metrics_are_named_not_blank():
     assert set(empty) == {PANELS[2], PANELS[3], PANELS[4], PANELS[5]}
 
 
+def test_validation_accuracy_in_percent_gets_its_own_axis():
+    # ValidationCallback (asym_trl.validation) logs val/<benchmark> and val/avg in percent every N steps.
+    history = [{"step": s, "reward": 0.1 * s, **({"val/avg": 10.0 * s} if s % 2 == 0 else {})} for s in range(1, 5)]
+    fig = make_figure([history], ["run"])
+    twin = fig.axes[-1]
+    assert len(fig.axes) == 7 and "validation accuracy (%)" in twin.get_ylabel()
+    assert list(twin.lines[0].get_xdata()) == [2, 4] and list(twin.lines[0].get_ydata()) == [20.0, 40.0]
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert legend == ["run: train reward", "run: val accuracy (avg)"]
+
+
 def test_epoch_shares_fall_back_to_per_step_shares():
     # No epoch-wise entries: per-step shares averaged by epoch (an entry at epoch e + f closes epoch e + 1).
     history = [
