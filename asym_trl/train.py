@@ -362,7 +362,10 @@ def load_datasets(script_args: ScriptArguments, training_args: AsymGRPOConfig):
         else:
             from .data import load_benchmark
 
-            evaluation = load_benchmark(spec, instruction=script_args.dataset_instruction)
+            kwargs = (
+                {} if script_args.dataset_instruction is None else {"instruction": script_args.dataset_instruction}
+            )
+            evaluation = load_benchmark(spec, **kwargs)
     return train, evaluation
 
 
@@ -448,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(training_args.output_dir, RESOLVED_RECIPE_FILE), "w") as f:
             f.write(f"# source: {recipe_source(argv)} (+ command line)\n")
             yaml.safe_dump(resolved, f, sort_keys=True)
+    trainer.accelerator.print(describe_plan(plan, training_args))
     checkpoint = last_checkpoint(training_args)
     if checkpoint is not None:
         trainer.accelerator.print(f"resuming from {checkpoint}")
