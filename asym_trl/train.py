@@ -469,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"asym-trl train: error: {e}", file=sys.stderr)
                 status = 1
     trainer.accelerator.wait_for_everyone()
-    trainer.end()
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers, destroy the process group
+        trainer.end()
     return status
 
 

@@ -238,3 +238,21 @@ def test_two_process_cpu_accelerate_launch(tiny_model_path, tmp_path):
     assert "prompts per rollout step:       4 " in proc.stdout
     before, after = _weights(tiny_model_path), _weights(out)
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_in_training_validation_keeps_the_best_checkpoint(tiny_model_path, tmp_path):
+    """The GPU recipes' validation setup (eval every N steps, 2 samples per prompt, best checkpoint kept) on CPU."""
+    out = tmp_path / "out"
+    validation = ["--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1"]
+    validation += ["--eval_dataset_name", "asym_trl.tiny:toy_sum_dataset", "--num_generations_eval", "2"]
+    validation += ["--per_device_eval_batch_size", "128", "--load_best_model_at_end", "true"]
+    validation += ["--metric_for_best_model", "reward", "--greater_is_better", "true"]
+    assert _train(tiny_model_path, out, *REINFORCE, *validation) == 0
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    evals = {h["step"]: h["eval_reward"] for h in state["log_history"] if "eval_reward" in h}
+    assert sorted(evals) == [1, 2]
+    best = max(evals, key=lambda step: (evals[step], -step))
+    assert state["best_metric"] == evals[best] and state["best_model_checkpoint"].endswith(f"checkpoint-{best}")
+    best_weights = _weights(out / f"checkpoint-{best}")
+    for name, value in _weights(out).items():
+        torch.testing.assert_close(value, best_weights[name], msg=name)  # the final model is the best checkpoint
