@@ -240,12 +240,19 @@ def test_two_process_cpu_accelerate_launch(tiny_model_path, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def small_eval_set():
+    """A 32-prompt validation set (a `module:function` dataset spec)."""
+    from asym_trl.tiny import toy_sum_dataset
+
+    return toy_sum_dataset(32, seed=1)
+
+
 def test_in_training_validation_keeps_the_best_checkpoint(tiny_model_path, tmp_path):
     """The GPU recipes' validation setup (eval every N steps, 2 samples per prompt, best checkpoint kept) on CPU."""
     out = tmp_path / "out"
     validation = ["--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1"]
-    validation += ["--eval_dataset_name", "asym_trl.tiny:toy_sum_dataset", "--num_generations_eval", "2"]
-    validation += ["--per_device_eval_batch_size", "128", "--load_best_model_at_end", "true"]
+    validation += ["--eval_dataset_name", f"{__name__}:small_eval_set", "--num_generations_eval", "2"]
+    validation += ["--per_device_eval_batch_size", "32", "--load_best_model_at_end", "true"]
     validation += ["--metric_for_best_model", "reward", "--greater_is_better", "true"]
     assert _train(tiny_model_path, out, *REINFORCE, *validation) == 0
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
