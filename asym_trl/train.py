@@ -400,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# advantage estimator: {ta.advantage_estimator}{betas}, loss_type={ta.loss_type}")
         print(describe_plan(plan, training_args))
         return 0
+    if model_args.model_name_or_path is None:
+        print("asym-trl train: error: model_name_or_path is not set (a Hub id or a local directory)", file=sys.stderr)
+        return 2
     if training_args.push_to_hub and not training_args.hub_model_id:
         print("asym-trl train: error: push_to_hub is set but hub_model_id is not (want 'user/name')", file=sys.stderr)
         return 2

@@ -260,6 +260,23 @@ def test_bad_recipe_fails_before_model_load_naming_the_key(tmp_path, capsys, key
     assert not (tmp_path / "out").exists()  # nothing was built
 
 
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"model_name_or_path": None}, "model_name_or_path is not set"),
+        ({"push_to_hub": True}, "push_to_hub is set but hub_model_id is not"),
+        ({"dataset_name": "asym_trl.tiny:no_such_factory"}, "dataset_name: cannot import dataset factory"),
+        ({"reward_funcs": ["asym_trl.tiny:toy_sum_reward", "nope:f"]}, "reward_funcs: cannot import reward function"),
+    ],
+)
+def test_missing_pieces_fail_before_model_load(tmp_path, capsys, changes, message):
+    recipe = _write(tmp_path / "r.yaml", {"base": str(RECIPES / "cpu" / "quickstart.yaml"), **changes})
+    out = tmp_path / "out"
+    assert main(["--config", str(recipe), "--output_dir", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_bad_command_line_value_names_the_flag(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--config", str(RECIPES / "cpu" / "quickstart.yaml"), "--num_generations", "eight"])
