@@ -124,7 +124,7 @@ The resolved recipe{source} (reload it with `asym-trl train --config recipe.yaml
 
 
 def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.2f}"
+    return "" if value is None else f"{value:.4g}"
 
 
 def _card_settings(script_args, training_args) -> dict[str, Any]:
@@ -138,6 +138,8 @@ def _card_settings(script_args, training_args) -> dict[str, Any]:
     if ta.advantage_estimator == "pass_at_k":
         keys.append("pass_at_k")
     settings = {key: getattr(ta, key) for key in keys}
+    if settings["epsilon_high"] is None:
+        settings["epsilon_high"] = ta.epsilon  # TRL's default: symmetric clipping
     settings["reward_funcs"] = script_args.reward_funcs
     return settings
 
