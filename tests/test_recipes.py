@@ -300,3 +300,13 @@ def test_accelerate_configs_load(name):
     assert config.use_cpu == (name == "cpu_multi")
     if name.startswith("zero"):
         assert config.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+def test_cli_dispatches_train_and_push(capsys):
+    from asym_trl.cli import main as cli
+
+    assert cli(["train", "--config", str(RECIPES / "qwen3-4b" / "asym.yaml"), "--dry-run"]) == 0
+    assert "prompts per rollout step:       128 " in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli(["push", "--help"])
+    assert "--hub_model_id" in capsys.readouterr().out
