@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         reward_funcs = load_reward_funcs(script_args.reward_funcs)
         train_dataset, eval_dataset = load_datasets(script_args, training_args)
-    except RecipeError as e:
+    except (RecipeError, ValueError, FileNotFoundError) as e:  # asym_trl.data names the dataset it cannot load
         print(f"asym-trl train: error: {e}", file=sys.stderr)
         return 2
 
