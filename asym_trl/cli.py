@@ -11,13 +11,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("asym_trl.quickstart", "offline CPU AsymGRPO run on the embedded toy task"),
     "train": ("asym_trl.train", "train a recipe: asym-trl train --config recipes/qwen3-4b/asym.yaml [--dry-run]"),
     "push": ("asym_trl.hub", "write a run's model card and push it to the Hub: asym-trl push RUN_DIR"),
+    "eval": ("asym_trl.evaluation", "Avg@k on the paper's math benchmarks (vLLM, server or transformers)"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="asym-trl", description="AsymGRPO on Hugging Face TRL")
-    parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))
+    parser.add_argument(
+        "command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items())
+    )
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
