@@ -2,11 +2,13 @@
 
     asym-trl push runs/qwen3-4b-math-asym --hub_model_id me/qwen3-4b-asymgrpo --eval_results results.json
 
-A run directory is what `asym_trl.train` writes to `output_dir`: the model, `recipe.yaml` (the resolved recipe)
-and, once evaluated, `eval_results.json`.  The card names the advantage estimator and its beta_pos/beta_neg, the
-recipe (embedded) and the evaluation table.  A push uploads the run directory without its `checkpoint-*` folders;
-when it cannot happen (offline, not logged in, no access) it raises `HubPushError` with the reason and leaves the
-local run untouched, so it can be retried with `asym-trl push`.
+A run directory is what `asym_trl.train` writes to `output_dir`: the final model, `best/` (the best model by
+greedy validation, with `best.json`), `validation.jsonl`, `recipe.yaml` (the resolved recipe) and, once evaluated,
+`eval_results.json` (or pass `asym-trl eval`'s `results.json`).  The card names the advantage estimator and its
+beta_pos/beta_neg, the recipe (embedded) and the evaluation table.  A push uploads the best model when there is one
+(the paper reports the checkpoint best on MATH-500), else the final one, with the card and the run's records, never
+the `checkpoint-*` folders; when it cannot happen (offline, not logged in, no access) it raises `HubPushError` with
+the reason and leaves the local run untouched, so it can be retried with `asym-trl push`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from typing import Any
 
 CARD_FILE = "README.md"
 EVAL_RESULTS_FILE = "eval_results.json"
-PUSH_IGNORE = ["checkpoint-*", "runs/*", "wandb/*"]
+BEST_DIR = "best"
+RUN_RECORDS = ("README.md", "recipe.yaml", "validation.jsonl", EVAL_RESULTS_FILE)  # pushed beside the model
+_NOT_MODEL = ("checkpoint-", "runs", "wandb", BEST_DIR, *RUN_RECORDS)
 PAPER = "Rethinking Exploration in RLVR: Bidirectional Entropy Modulation (AsymGRPO)"
 # Estimators whose advantages depend on (beta_pos, beta_neg).
 _BETA_ESTIMATORS = {"asym", "reinforce", "grpo", "pos_only", "neg_only", "ent_decrease", "ent_increase"}
@@ -32,9 +36,12 @@ class HubPushError(RuntimeError):
 
 
 def load_eval_results(path: str | Path) -> dict[str, dict[str, float]]:
-    """Read `{benchmark: score}` or `{benchmark: {metric: score}}` JSON into the latter form."""
+    """Read `{benchmark: score}`, `{benchmark: {metric: score}}` or `asym-trl eval`'s `results.json` into
+    `{benchmark: {metric: score}}`."""
     with open(path) as f:
         raw = json.load(f)
+    if isinstance(raw, dict) and isinstance(raw.get("benchmarks"), dict):  # `asym-trl eval`'s results.json
+        raw = {name: {f"avg@{r['k']}": r["avg_at_k"]} for name, r in raw["benchmarks"].items()}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: evaluation results must be a JSON object of benchmark -> score(s)")
     results = {}
@@ -57,6 +64,7 @@ def render_model_card(
     recipe_text: str,
     recipe_source: str | None = None,
     dataset: str | None = None,
+    selection: str | None = None,
     settings: dict[str, Any] | None = None,
     eval_results: dict[str, dict[str, float]] | None = None,
 ) -> str:
@@ -103,6 +111,7 @@ def render_model_card(
 
 - advantage estimator: `{estimator}`
 - {betas}
+- weights: {selection or "the final step of training"}
 
 | setting | value |
 |---|---|
@@ -157,6 +166,14 @@ def write_model_card(output_dir: str | Path, eval_results: str | Path | None = N
     if eval_results is None and (output_dir / EVAL_RESULTS_FILE).is_file():
         eval_results = output_dir / EVAL_RESULTS_FILE
     source = re.search(r"^# source: (\S+)", recipe_text, re.MULTILINE)
+    best = output_dir / BEST_DIR / "best.json"
+    selection = None
+    if best.is_file():
+        record = json.loads(best.read_text())
+        selection = (
+            f"the best step by greedy validation, step {record['step']} "
+            f"({record['select_on']} = {_fmt(record['score'])})"
+        )
     hub_id = training_args.hub_model_id
     card = render_model_card(
         model_name=hub_id.split("/")[-1] if hub_id else output_dir.name,
@@ -167,6 +184,7 @@ def write_model_card(output_dir: str | Path, eval_results: str | Path | None = N
         recipe_text=recipe_text,
         recipe_source=source.group(1) if source else None,
         dataset=script_args.dataset_name,
+        selection=selection,
         settings=_card_settings(script_args, training_args),
         eval_results=load_eval_results(eval_results) if eval_results is not None else None,
     )
@@ -214,18 +232,16 @@ def push_run(
         raise HubPushError(f"cannot push to {hub_model_id}: {reason}; {retry}")
 
     import httpx
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
     api = HfApi(token=token)
+    operations = [
+        CommitOperationAdd(path_in_repo=k, path_or_fileobj=str(v)) for k, v in files_to_push(output_dir).items()
+    ]
     try:
         repo = api.create_repo(hub_model_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(
-            repo_id=hub_model_id,
-            folder_path=output_dir,
-            ignore_patterns=PUSH_IGNORE,
-            commit_message="Upload asym_trl run",
-        )
+        api.create_commit(hub_model_id, operations=operations, commit_message="Upload asym_trl run")
     except (
         HfHubHTTPError,
         HFValidationError,
@@ -236,6 +252,22 @@ def push_run(
     ) as e:
         raise HubPushError(f"cannot push to {hub_model_id}: {type(e).__name__}: {e}; {retry}") from e
     return str(repo)
+
+
+def files_to_push(output_dir: str | Path) -> dict[str, Path]:
+    """Repository path -> local file: the best model (`best/`) if there is one, else the final model, plus the card
+    and the run's records; no `checkpoint-*`."""
+    output_dir = Path(output_dir)
+    model_dir = output_dir / BEST_DIR if (output_dir / BEST_DIR).is_dir() else output_dir
+    files = {}
+    for path in sorted(model_dir.rglob("*")):
+        relative = path.relative_to(model_dir)
+        if path.is_file() and not (model_dir == output_dir and relative.parts[0].startswith(_NOT_MODEL)):
+            files[relative.as_posix()] = path
+    for name in RUN_RECORDS:
+        if (output_dir / name).is_file():
+            files[name] = output_dir / name
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,9 @@
 """Train a recipe: the accelerate entry point of asym_trl.
 
     accelerate launch --config_file recipes/accelerate_configs/zero2.yaml \\
-        -m asym_trl.train --config recipes/qwen3_4b_math/asym.yaml
+        -m asym_trl.train --config recipes/qwen3-4b/asym.yaml
     asym-trl train --config recipes/cpu/quickstart.yaml            # same script, one process
-    asym-trl train --config recipes/qwen3_4b_math/asym.yaml --dry-run --num_processes 4
+    asym-trl train --config recipes/qwen3-4b/asym.yaml --dry-run --num_processes 4
 
 A recipe is a TRL-style YAML file: its keys are the fields of `ScriptArguments` (below), `AsymGRPOConfig`
 (every `GRPOConfig` field plus the advantage estimator) and TRL's `ModelConfig` (model id, dtype, LoRA); an `env:`
@@ -15,10 +15,11 @@ What `main()` does, in order:
    key or a bad value stops here, naming the key, before anything heavy is imported or loaded.
 2. `--dry-run`: print the resolved recipe and the batch arithmetic (prompts per rollout step, completions per
    optimizer step, optimizer steps per generation) and exit.
-3. Load the training set (`asym_trl.data`, or a `module:function` factory) and the reward functions
-   (`asym_trl.rewards.REWARD_FUNCS` names, or `module:function`).
+3. Load the training set (`asym_trl.data`, or a `module:function` factory), the validation benchmarks and the
+   reward functions (`asym_trl.rewards.REWARD_FUNCS` names, or `module:function`).
 4. Build `AsymGRPOTrainer` (LoRA when `use_peft: true`, via TRL's `get_peft_config`), resume from the last
-   checkpoint in `output_dir` (or `resume_from_checkpoint`), train, save, write the model card, and push once to
+   checkpoint in `output_dir` (or `resume_from_checkpoint`), validate greedily every `validation_steps` keeping the
+   best model in `output_dir/best`, train, save, write the model card, and push once to
    `hub_model_id` when `push_to_hub: true` (see `asym_trl.hub`; TRL's per-checkpoint pushes are not used).
 """
 
@@ -61,9 +62,15 @@ class ScriptArguments(TrlScriptArguments):
             `"package.module:function"`, a factory returning a `datasets.Dataset` with a conversational `prompt`.
         dataset_instruction (`str`, *optional*):
             Instruction appended to every prompt by `asym_trl.data.load_train_dataset` (its default when unset).
-        eval_dataset_name (`str`, *optional*):
-            Validation set for TRL's in-training evaluation (`eval_strategy`): a benchmark name of
-            `asym_trl.data.load_benchmark` (e.g. `"math500"`) or a `module:function` factory.
+        validation_benchmarks (`list[str]`, *optional*):
+            Greedy in-training validation (paper App. E, `asym_trl.validation.ValidationCallback`): benchmark names of
+            `asym_trl.data.load_benchmark` (e.g. `math500`) or local files. Empty: no validation.
+        validation_steps (`int`, *optional*, defaults to `10`):
+            Validate every this many optimizer steps (TRL's `global_step`).
+        validation_select_on (`str`, *optional*, defaults to `"math500"`):
+            The benchmark whose accuracy picks the best model, saved to `<output_dir>/best`.
+        validation_batch_size (`int`, *optional*, defaults to `16`):
+            Prompts per `generate` call on each process during validation.
         reward_funcs (`list[str]`, *optional*, defaults to `["accuracy"]`):
             Reward functions: names in `asym_trl.rewards.REWARD_FUNCS` or `"package.module:function"`.
         num_processes (`int`, *optional*):
@@ -75,7 +82,14 @@ class ScriptArguments(TrlScriptArguments):
     """
 
     dataset_instruction: str | None = field(default=None, metadata={"help": "Instruction appended to prompts."})
-    eval_dataset_name: str | None = field(default=None, metadata={"help": "Validation benchmark (in-training eval)."})
+    validation_benchmarks: list[str] = field(
+        default_factory=list, metadata={"help": "Greedy in-training validation benchmarks (names or local files)."}
+    )
+    validation_steps: int = field(default=10, metadata={"help": "Validate every this many optimizer steps."})
+    validation_select_on: str = field(
+        default="math500", metadata={"help": "Benchmark whose accuracy picks the best model (output_dir/best)."}
+    )
+    validation_batch_size: int = field(default=16, metadata={"help": "Prompts per generate call in validation."})
     reward_funcs: list[str] = field(
         default_factory=lambda: ["accuracy"],
         metadata={"help": "Reward functions: REWARD_FUNCS names or package.module:function."},
@@ -339,34 +353,25 @@ def load_reward_funcs(names: list[str]) -> list:
     return funcs
 
 
-def load_datasets(script_args: ScriptArguments, training_args: AsymGRPOConfig):
-    """The training set, and the validation set when in-training evaluation is on."""
+def load_datasets(script_args: ScriptArguments):
+    """The training set and the validation benchmarks (`{name: dataset}`, empty without validation)."""
     if script_args.dataset_name is None:
         raise RecipeError("dataset_name is not set: give a registered name, a local file or module:function")
+    from .data import load_benchmark, load_train_dataset
+
     name = script_args.dataset_name
+    instruction = {} if script_args.dataset_instruction is None else {"instruction": script_args.dataset_instruction}
     if ":" in name and not Path(name).exists():
         train = _import_object(name, "dataset factory", "dataset_name")()
     else:
-        from .data import load_train_dataset
-
-        train = load_train_dataset(
-            name, split=script_args.dataset_train_split, instruction=script_args.dataset_instruction
+        train = load_train_dataset(name, split=script_args.dataset_train_split, **instruction)
+    validation = {Path(b).stem: load_benchmark(b, **instruction) for b in script_args.validation_benchmarks}
+    if validation and script_args.validation_select_on not in validation:
+        raise RecipeError(
+            f"validation_select_on={script_args.validation_select_on!r} is not one of validation_benchmarks "
+            f"{list(validation)}"
         )
-    evaluation = None
-    if training_args.eval_strategy != "no":
-        if script_args.eval_dataset_name is None:
-            raise RecipeError(f"eval_strategy={training_args.eval_strategy!r} needs eval_dataset_name")
-        spec = script_args.eval_dataset_name
-        if ":" in spec and not Path(spec).exists():
-            evaluation = _import_object(spec, "dataset factory", "eval_dataset_name")()
-        else:
-            from .data import load_benchmark
-
-            kwargs = (
-                {} if script_args.dataset_instruction is None else {"instruction": script_args.dataset_instruction}
-            )
-            evaluation = load_benchmark(spec, **kwargs)
-    return train, evaluation
+    return train, validation
 
 
 def last_checkpoint(training_args: AsymGRPOConfig) -> str | None:
@@ -417,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         reward_funcs = load_reward_funcs(script_args.reward_funcs)
-        train_dataset, eval_dataset = load_datasets(script_args, training_args)
+        train_dataset, validation = load_datasets(script_args)
     except (RecipeError, ValueError, FileNotFoundError) as e:  # asym_trl.data names the dataset it cannot load
         print(f"asym-trl train: error: {e}", file=sys.stderr)
         return 2
@@ -446,9 +451,20 @@ def main(argv: list[str] | None = None) -> int:
         reward_funcs=reward_funcs,
         args=training_args,
         train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
     )
+    if validation:
+        from .validation import ValidationCallback
+
+        trainer.add_callback(
+            ValidationCallback(
+                trainer,
+                validation,
+                eval_steps=script_args.validation_steps,
+                select_on=script_args.validation_select_on,
+                batch_size=script_args.validation_batch_size,
+            )
+        )
     if trainer.accelerator.is_main_process:
         os.makedirs(training_args.output_dir, exist_ok=True)
         with open(os.path.join(training_args.output_dir, RESOLVED_RECIPE_FILE), "w") as f:

@@ -109,10 +109,10 @@ def test_gpu_recipes_follow_the_paper_and_launch_setup(path):
     assert args.push_to_hub and args.hub_model_id.endswith(path.stem)
     assert args.bf16 and model_args.dtype == "bfloat16"
     assert script_args.dataset_name == "math" and script_args.reward_funcs == ["accuracy"]
-    assert script_args.eval_dataset_name == "math500" and args.load_best_model_at_end
+    assert script_args.validation_benchmarks == ["math500"] and script_args.validation_select_on == "math500"
     # Validation every 10 verl steps = 10 rollout steps, whatever TRL's optimizer steps per rollout are.
     plan = plan_for(args, resolved, script_args.num_processes)
-    assert args.eval_steps == args.save_steps == 10 * plan.optimizer_steps_per_generation
+    assert script_args.validation_steps == args.save_steps == 10 * plan.optimizer_steps_per_generation
     if "qwen3-4b" in path.parts:
         assert model_args.model_name_or_path == "Qwen/Qwen3-4B"
         assert args.chat_template_kwargs == {"enable_thinking": False}  # non-thinking mode

@@ -129,9 +129,7 @@ def test_model_card_names_estimator_betas_recipe_and_eval_table(trained_run, tmp
     card = hub.write_model_card(out, results).read_text()
     assert "| benchmark | avg@10 | avg@5 | score |" in card
     assert (
-        "| math500 |  | 89.33 |  |" in card
-        and "| aime24 | 39.33 |  |  |" in card
-        and "| amc23 |  |  | 81 |" in card
+        "| math500 |  | 89.33 |  |" in card and "| aime24 | 39.33 |  |  |" in card and "| amc23 |  |  | 81 |" in card
     )
     assert card.startswith("---\n") and f"base_model: {out.parent / 'tiny'}" in card  # Hub front matter
     text = hub.render_model_card(
@@ -155,6 +153,9 @@ def test_eval_results_file_checks(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"math500": 89.3, "aime24": {"avg@10": 39}}))
     assert hub.load_eval_results(good) == {"math500": {"score": 89.3}, "aime24": {"avg@10": 39.0}}
+    from_eval = tmp_path / "results.json"  # asym-trl eval's format
+    from_eval.write_text(json.dumps({"label": "m", "benchmarks": {"aime24": {"k": 10, "avg_at_k": 39.33}}}))
+    assert hub.load_eval_results(from_eval) == {"aime24": {"avg@10": 39.33}}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"math500": "high"}))
     with pytest.raises(ValueError, match="score of math500/score must be a number"):
@@ -240,26 +241,24 @@ def test_two_process_cpu_accelerate_launch(tiny_model_path, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def small_eval_set():
-    """A 32-prompt validation set (a `module:function` dataset spec)."""
-    from asym_trl.tiny import toy_sum_dataset
-
-    return toy_sum_dataset(32, seed=1)
-
-
-def test_in_training_validation_keeps_the_best_checkpoint(tiny_model_path, tmp_path):
-    """The GPU recipes' validation setup (eval every N steps, 2 samples per prompt, best checkpoint kept) on CPU."""
+def test_real_data_rewards_and_greedy_validation(tiny_model_path, tmp_path):
+    """asym_trl.data + the accuracy reward + ValidationCallback as the GPU recipes use them, offline: a reasoning-gym
+    training set and a local validation file; the best model lands in output_dir/best and is what gets pushed."""
+    val = tmp_path / "val.jsonl"
+    val.write_text(
+        "".join(json.dumps({"problem": f"What is {a} + 1?", "answer": str(a + 1)}) + "\n" for a in range(6))
+    )
     out = tmp_path / "out"
-    validation = ["--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1"]
-    validation += ["--eval_dataset_name", f"{__name__}:small_eval_set", "--num_generations_eval", "2"]
-    validation += ["--per_device_eval_batch_size", "32", "--load_best_model_at_end", "true"]
-    validation += ["--metric_for_best_model", "reward", "--greater_is_better", "true"]
-    assert _train(tiny_model_path, out, *REINFORCE, *validation) == 0
-    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
-    evals = {h["step"]: h["eval_reward"] for h in state["log_history"] if "eval_reward" in h}
-    assert sorted(evals) == [1, 2]
-    best = max(evals, key=lambda step: (evals[step], -step))
-    assert state["best_metric"] == evals[best] and state["best_model_checkpoint"].endswith(f"checkpoint-{best}")
-    best_weights = _weights(out / f"checkpoint-{best}")
-    for name, value in _weights(out).items():
-        torch.testing.assert_close(value, best_weights[name], msg=name)  # the final model is the best checkpoint
+    extra = ["--dataset_name", "basic_arithmetic", "--reward_funcs", "accuracy", "format"]
+    extra += ["--validation_benchmarks", str(val), "--validation_select_on", "val", "--validation_steps", "1"]
+    assert _train(tiny_model_path, out, *REINFORCE, *extra, "--max_completion_length", "12") == 0
+    records = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(0 <= r["val/val"] <= 100 for r in records)
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert best["score"] == max(r["val/val"] for r in records)
+    assert best["step"] == min(r["step"] for r in records if r["val/val"] == best["score"])  # earliest on ties
+    assert f"step {best['step']} (val/val = " in (out / "README.md").read_text()
+    files = hub.files_to_push(out)
+    assert files["model.safetensors"] == out / "best" / "model.safetensors"
+    assert files["recipe.yaml"] == out / "recipe.yaml" and files["validation.jsonl"] == out / "validation.jsonl"
+    assert not any(name.startswith(("checkpoint-", "best/")) for name in files)
