@@ -62,6 +62,10 @@ class ScriptArguments(TrlScriptArguments):
             `"package.module:function"`, a factory returning a `datasets.Dataset` with a conversational `prompt`.
         dataset_instruction (`str`, *optional*):
             Instruction appended to every prompt by `asym_trl.data.load_train_dataset` (its default when unset).
+        dataset_system_prompt (`str`, *optional*):
+            A system message put before every prompt (training and validation).
+        dataset_data_files (`str`, *optional*):
+            A local copy of the registered training set `dataset_name` (same layout), for machines without Hub access.
         validation_benchmarks (`list[str]`, *optional*):
             Greedy in-training validation (paper App. E, `asym_trl.validation.ValidationCallback`): benchmark names of
             `asym_trl.data.load_benchmark` (e.g. `math500`) or local files. Empty: no validation.
@@ -82,6 +86,10 @@ class ScriptArguments(TrlScriptArguments):
     """
 
     dataset_instruction: str | None = field(default=None, metadata={"help": "Instruction appended to prompts."})
+    dataset_system_prompt: str | None = field(default=None, metadata={"help": "System message before prompts."})
+    dataset_data_files: str | None = field(
+        default=None, metadata={"help": "Local copy of the registered training set (no Hub access)."}
+    )
     validation_benchmarks: list[str] = field(
         default_factory=list, metadata={"help": "Greedy in-training validation benchmarks (names or local files)."}
     )
@@ -360,12 +368,14 @@ def load_datasets(script_args: ScriptArguments):
     from .data import load_benchmark, load_train_dataset
 
     name = script_args.dataset_name
-    instruction = {} if script_args.dataset_instruction is None else {"instruction": script_args.dataset_instruction}
+    prompt = {"instruction": script_args.dataset_instruction, "system_prompt": script_args.dataset_system_prompt}
+    prompt = {k: v for k, v in prompt.items() if v is not None}  # None: asym_trl.data's defaults
     if ":" in name and not Path(name).exists():
         train = _import_object(name, "dataset factory", "dataset_name")()
     else:
-        train = load_train_dataset(name, split=script_args.dataset_train_split, **instruction)
-    validation = {Path(b).stem: load_benchmark(b, **instruction) for b in script_args.validation_benchmarks}
+        split, data_files = script_args.dataset_train_split, script_args.dataset_data_files
+        train = load_train_dataset(name, split=split, data_files=data_files, **prompt)
+    validation = {Path(b).stem: load_benchmark(b, **prompt) for b in script_args.validation_benchmarks}
     if validation and script_args.validation_select_on not in validation:
         raise RecipeError(
             f"validation_select_on={script_args.validation_select_on!r} is not one of validation_benchmarks "

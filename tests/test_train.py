@@ -262,3 +262,23 @@ def test_real_data_rewards_and_greedy_validation(tiny_model_path, tmp_path):
     assert files["model.safetensors"] == out / "best" / "model.safetensors"
     assert files["recipe.yaml"] == out / "recipe.yaml" and files["validation.jsonl"] == out / "validation.jsonl"
     assert not any(name.startswith(("checkpoint-", "best/")) for name in files)
+
+
+def test_registered_training_set_from_a_local_copy_with_system_prompt(tmp_path):
+    """`dataset_name: math` + `dataset_data_files`: the GPU recipes' data on a machine without Hub access."""
+    from asym_trl.train import load_datasets, parse_args
+
+    copy = tmp_path / "math-train.jsonl"
+    rows = [{"problem": f"What is {a} + {a}?", "solution": f"So it is $\\boxed{{{2 * a}}}$."} for a in range(5)]
+    copy.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    script_args = parse_args(
+        ["--config", CPU_RECIPE, "--dataset_name", "math", "--dataset_data_files", str(copy)]
+        + ["--dataset_system_prompt", "Be brief.", "--dataset_instruction", "Box it."]
+    )[0]
+    train, validation = load_datasets(script_args)
+    assert len(train) == 5 and validation == {}
+    assert train[3]["prompt"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 3 + 3?\n\nBox it."},
+    ]
+    assert train[3]["solution"] == "$6$"
