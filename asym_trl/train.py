@@ -107,6 +107,15 @@ class ScriptArguments(TrlScriptArguments):
     )
     dry_run: bool = field(default=False, metadata={"help": "Print the resolved recipe and batch arithmetic; exit."})
 
+    def __post_init__(self):
+        # TRL's script arguments that this script has no use for: refuse them rather than ignore them.
+        for name in ("dataset_config", "dataset_streaming", "dataset_test_split", "ignore_bias_buffers"):
+            f = TrlScriptArguments.__dataclass_fields__[name]
+            if getattr(self, name) != f.default:
+                raise ValueError(f"{name} is not used by asym_trl.train; remove it (see docs/recipes.md)")
+        if self.validation_steps < 1:
+            raise ValueError(f"validation_steps={self.validation_steps} must be >= 1")
+
 
 # ---------------------------------------------------------------------------------------------------- recipes
 def load_recipe(path: str | Path) -> dict[str, Any]:

@@ -245,6 +245,8 @@ def test_base_chain_errors(tmp_path):
         ("dtype", "fp8", "recipe key 'dtype' has an invalid value 'fp8'"),
         ("beta_pos", -1.0, "beta_pos=-1.0 is invalid"),
         ("pass_at_k", 9, "pass_at_k=9 must satisfy"),
+        ("dataset_streaming", True, "dataset_streaming is not used by asym_trl.train"),
+        ("validation_steps", 0, "validation_steps=0 must be >= 1"),
     ],
 )
 def test_bad_recipe_fails_before_model_load_naming_the_key(tmp_path, capsys, key, value, message):
