@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from .advantages import ADVANTAGE_ESTIMATORS, BETA_PRESETS
+from .vllm_sync import WEIGHT_SYNC_MODES, validate_weight_sync
 
 ENTROPY_SCOPES = ("all", "positive", "negative")
 # Estimators that read (beta_pos, beta_neg) and their defaults when neither is given.
@@ -51,6 +52,13 @@ class AsymGRPOConfig(GRPOConfig):
             `"positive"` (only tokens of correct rollouts: informative entropy) or `"negative"` (only tokens of
             incorrect rollouts: spurious entropy). The per-token weight is the same as for `"all"`, so
             `entropy_coef` keeps its meaning.
+        vllm_weight_sync (`str`, *optional*, defaults to `"nccl"`):
+            How `vllm_mode="server"` pushes the trainer's weights to the server: `"nccl"` (TRL's weight-transfer
+            engine, CUDA only) or `"disk"` (save to `vllm_weight_sync_dir`, then the server reloads them; works
+            without NCCL, e.g. on CPU). See `docs/vllm.md`.
+        vllm_weight_sync_dir (`str` or `None`, *optional*):
+            Directory for `vllm_weight_sync="disk"`, visible to the server at the same path. Default:
+            `<output_dir>/vllm-weights`.
 
     Clip-higher is TRL's `epsilon_high`, the entropy bonus TRL's `entropy_coef`, token-level aggregation TRL's
     `loss_type="dapo"` (the default): they are used as they are. `scale_rewards="batch"` and
@@ -75,11 +83,19 @@ class AsymGRPOConfig(GRPOConfig):
         default="all",
         metadata={"help": "Rollouts that receive the entropy bonus.", "choices": list(ENTROPY_SCOPES)},
     )
+    vllm_weight_sync: str = field(
+        default="nccl",
+        metadata={"help": "Server-mode weight sync: NCCL or via disk.", "choices": list(WEIGHT_SYNC_MODES)},
+    )
+    vllm_weight_sync_dir: str | None = field(
+        default=None, metadata={"help": "Directory for vllm_weight_sync='disk' (default: <output_dir>/vllm-weights)."}
+    )
 
     def __post_init__(self):
         self._validate_estimator()
         super().__post_init__()
         self._validate_against_grpo()
+        validate_weight_sync(self)
 
     def _validate_estimator(self):
         est = self.advantage_estimator

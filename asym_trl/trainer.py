@@ -7,6 +7,7 @@ from trl import GRPOTrainer
 
 from .advantages import ADVANTAGE_ESTIMATORS, entropy_shaped_advantages
 from .config import AsymGRPOConfig
+from .vllm_sync import disk_weight_sync
 
 
 class AsymGRPOTrainer(GRPOTrainer):
@@ -25,10 +26,14 @@ class AsymGRPOTrainer(GRPOTrainer):
       advantage (``entropy_adv_alpha > 0``) or a scoped entropy bonus (``entropy_scope`` other
       than ``"all"``) is on: the token entropies TRL computes for the loss shape the per-token
       advantages and feed the bonus.  Otherwise TRL's loss runs untouched.
+    * ``VLLMGeneration.sync_weights`` (TRL's server-mode weight push, NCCL only) -- only with
+      ``vllm_weight_sync="disk"``: the server reloads the weights from disk instead
+      (``asym_trl.vllm_sync``).
     """
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        with disk_weight_sync(kwargs.get("args", args[2] if len(args) > 2 else None)):
+            super().__init__(*args, **kwargs)
         if not isinstance(self.args, AsymGRPOConfig):
             raise TypeError(f"AsymGRPOTrainer needs args=AsymGRPOConfig(...), got {type(self.args).__name__}")
         name = self.args.success_reward_func

@@ -64,3 +64,11 @@ def test_generate_and_score_facts_we_rely_on():
     assert '"advantages": advantages' in src
     reward_src = inspect.getsource(GRPOTrainer._calculate_rewards)
     assert "rewards_per_func = gather(rewards_per_func)" in reward_src
+
+
+def test_vllm_generation_is_built_in_init_and_syncs_through_one_method():
+    """asym_trl.vllm_sync swaps the VLLMGeneration class GRPOTrainer.__init__ builds (disk weight sync)."""
+    import trl.trainer.grpo_trainer as grpo_module
+
+    assert "VLLMGeneration(" in inspect.getsource(GRPOTrainer.__init__)
+    assert callable(getattr(grpo_module.VLLMGeneration, "sync_weights", None))
