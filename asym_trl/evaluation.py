@@ -198,8 +198,9 @@ class OpenAIServerGenerator:
                 "top_p": sampling.top_p,
                 "max_tokens": sampling.max_new_tokens,
                 "seed": sampling.seed,
-                "chat_template_kwargs": self.chat_template_kwargs,
             }
+            if self.chat_template_kwargs:  # a vLLM extension of the OpenAI API
+                body["chat_template_kwargs"] = self.chat_template_kwargs
             choices = sorted(self._request("POST", "/v1/chat/completions", body)["choices"], key=lambda c: c["index"])
             return [choice["message"]["content"] or "" for choice in choices]
 
@@ -332,6 +333,10 @@ def _parse_args(argv):
     parser.add_argument("--limit", type=int, help="first N problems of each benchmark (smoke tests)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (transformers)")
     parser.add_argument("--instruction", help="instruction appended to each problem (default: boxed-answer prompt)")
+    parser.add_argument("--enable-thinking", action="store_true", help="Qwen3 thinking mode (default: non-thinking)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM offline engine")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM offline engine")
+    parser.add_argument("--max-model-len", type=int, help="vLLM offline engine (default: the model's)")
     parser.add_argument("--label", help="row label in the table (default: the model name)")
     parser.add_argument("--output-dir", default="eval_results")
     parser.add_argument("--table", nargs="+", metavar="RESULTS_JSON", help="only print a table of earlier results")
@@ -371,12 +376,18 @@ def main(argv: list[str] | None = None) -> int:
             benchmarks[name] = load_benchmark(name, data_files=_local_copy(name, args), **common)
         else:  # a local file in the usual layout, named by its stem
             benchmarks[Path(name).stem] = load_benchmark(name, **common)
+    template_kwargs = {"enable_thinking": args.enable_thinking}
     if args.backend == "server":
-        generate = OpenAIServerGenerator(args.server_url, model=args.model)
+        generate = OpenAIServerGenerator(args.server_url, model=args.model, chat_template_kwargs=template_kwargs)
     elif args.backend == "vllm":
-        generate = VLLMGenerator(args.model)
+        engine = dict(
+            tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization
+        )
+        if args.max_model_len:
+            engine["max_model_len"] = args.max_model_len
+        generate = VLLMGenerator(args.model, chat_template_kwargs=template_kwargs, seed=args.seed, **engine)
     else:
-        generate = TransformersGenerator(args.model, batch_size=args.batch_size)
+        generate = TransformersGenerator(args.model, batch_size=args.batch_size, chat_template_kwargs=template_kwargs)
     sampling = EvalSampling(args.temperature, args.top_p, args.max_new_tokens, args.seed)
     ks = {name: args.k for name in benchmarks} if args.k else None
     results = evaluate(generate, benchmarks, ks=ks, sampling=sampling)
