@@ -262,3 +262,22 @@ def test_two_processes_match_one(monkeypatch):
             )
         )
     assert parts[0] + parts[1] == [case[2] for case in CASES]
+
+
+def test_rewards_in_a_real_trl_run(tiny_model_path, cpu_config):
+    """Data -> rewards -> TRL contract: the `solution` column reaches the rewards and the metrics reach the logs."""
+    from asym_trl import AsymGRPOTrainer
+    from asym_trl.data import load_train_dataset
+
+    dataset = load_train_dataset("basic_arithmetic", size=16)
+    trainer = AsymGRPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=[REWARD_FUNCS["accuracy"], REWARD_FUNCS["format"]],
+        args=cpu_config(max_steps=1, max_completion_length=4),
+        train_dataset=dataset,
+    )
+    trainer.train()
+    logs = trainer.state.log_history[0]
+    # a random tiny model writes no boxed answer in 4 tokens: every completion is a scorable 0
+    assert logs["rewards/accuracy_reward/mean"] == 0.0 and logs["rewards/format_reward/mean"] == 0.0
+    assert logs["accuracy/no_answer_frac"] == 1.0 and logs["accuracy/unscorable_frac"] == 0.0
