@@ -243,6 +243,9 @@ def _worker_loop(memory_limit_bytes: int | None = None) -> None:  # pragma: no c
         except (ImportError, ValueError, OSError):
             pass
     logging.disable(logging.WARNING)  # math-verify warns once that its (signal) timeouts are off: we bound time here
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the protocol's channel; anything else printed goes to stderr
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
     from math_verify import parse, verify
 
     @lru_cache(maxsize=8192)
@@ -257,7 +260,6 @@ def _worker_loop(memory_limit_bytes: int | None = None) -> None:  # pragma: no c
         return CORRECT if verify(gold_parsed, pred_parsed, timeout_seconds=None) else WRONG
 
     answer("$1$", "1")  # warm up the LaTeX grammar before announcing readiness
-    out = sys.stdout
     out.write(json.dumps([_READY]) + "\n")
     out.flush()
     for line in sys.stdin:
@@ -268,6 +270,14 @@ def _worker_loop(memory_limit_bytes: int | None = None) -> None:  # pragma: no c
             status = ERROR
         out.write(json.dumps([status]) + "\n")
         out.flush()
+
+
+def _decode_status(line: str) -> str:
+    try:
+        status = json.loads(line)[0]
+    except (ValueError, IndexError, TypeError):
+        return ERROR
+    return status if status in (CORRECT, WRONG, GOLD_UNPARSEABLE, ERROR) else ERROR
 
 
 _WORKER_BOOTSTRAP = (
@@ -281,10 +291,11 @@ _WORKER_BOOTSTRAP = (
 
 
 class MathVerifier:
-    """A math-verify worker process with a hard per-pair time bound; safe to share between threads.
+    """A math-verify worker process with a hard per-pair time bound; safe to share between threads (POSIX: it waits
+    on the worker's pipe with ``select``).
 
-    Each :meth:`check` sends one ``(gold, answer)`` pair and waits at most ``timeout_s`` for the verdict.  On timeout
-    the worker is killed and a new one started in the background (its start-up is not charged to any pair).
+    Each pair waits at most ``timeout_s`` for its verdict.  On timeout the worker is killed and a new one starts in
+    the background; the next call waits for it to be ready (at most ``startup_timeout_s``, about a second).
     """
 
     def __init__(
@@ -391,7 +402,7 @@ class MathVerifier:
                     statuses.append(ERROR if died else TIMEOUT)
                     sent = len(statuses)
                 else:
-                    statuses.append(json.loads(line)[0])
+                    statuses.append(_decode_status(line))
         return statuses
 
 

@@ -185,6 +185,17 @@ def test_hard_timeout_kills_and_recovers():
         v.close()
 
 
+def test_a_dead_worker_is_replaced():
+    v = MathVerifier(timeout_s=30)
+    try:
+        assert v.check("$2$", "2") == "correct"
+        v._proc.kill()  # e.g. killed by the OOM killer between batches
+        v._proc.wait()
+        assert v.check("$2$", "2") == "correct"
+    finally:
+        v.close()
+
+
 def test_reward_in_a_thread_and_concurrently():
     """math-verify's signal-based timeouts fail outside the main thread; ours must not."""
     completions = ["\\boxed{2\\sqrt2}", "\\boxed{3}", "no answer", "\\boxed{9^{9^{9}}}"]
