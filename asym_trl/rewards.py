@@ -5,7 +5,7 @@
 - ``"accuracy"``: 1.0 when the last ``\\boxed{...}`` of the completion is mathematically equivalent to the gold
   ``solution`` (math-verify), 0.0 when it is not or when there is no boxed answer, ``None`` when the pair cannot be
   scored.  TRL turns ``None`` into NaN; such a rollout is left out of its group's success rate and gets advantage 0.
-- ``"format"``: 1.0 when the completion ends its reasoning with a non-empty, balanced ``\\boxed{...}``, else 0.0.
+- ``"format"``: 1.0 when the completion contains a closed, non-empty ``\\boxed{...}`` answer, else 0.0.
 
 Model output is untrusted.  Nothing in it is executed: the only thing that reads it is math-verify's LaTeX parser
 (never ``eval``/``sympify`` of raw text).  Scoring is bounded in time in any thread or process:

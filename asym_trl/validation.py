@@ -108,6 +108,14 @@ class ValidationCallback(TrainerCallback):
         return scores
 
     # -- callback -------------------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        """On resume, the best so far comes back from the checkpoint's trainer state, so a worse model cannot
+        overwrite ``best/``."""
+        if state.best_global_step is not None and state.best_metric is not None and state.best_model_checkpoint:
+            if Path(state.best_model_checkpoint) == Path(args.output_dir) / "best":
+                self.best = (state.best_global_step, state.best_metric)
+        return control
+
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.eval_steps != 0:
             return control
@@ -120,7 +128,8 @@ class ValidationCallback(TrainerCallback):
             if key != "step":
                 metrics[key].append(value)
 
-        best = select_best([(r["step"], r[f"val/{self.select_on}"]) for r in self.history])
+        # the best so far (restored on resume) against this step: the same as selecting over the whole history
+        best = select_best([*([self.best] if self.best else []), (state.global_step, scores[self.select_on])])
         if best is not None and best != self.best:
             self.best = best
             self._save_best(args, state, record)

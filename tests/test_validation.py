@@ -102,6 +102,26 @@ def test_callback_real_greedy_pass(tiny_model_path, cpu_config):
     assert trainer.model.training  # generation put the model back in training mode
 
 
+def test_resumed_run_keeps_its_best(tiny_model_path, cpu_config, monkeypatch):
+    """After a resume the best comes back from the trainer state: a worse later model does not replace best/."""
+    trainer = _trainer(tiny_model_path, cpu_config, max_steps=2)
+    callback = ValidationCallback(trainer, _fixture_benchmarks(), eval_steps=2)
+    monkeypatch.setattr(callback, "_evaluate_benchmarks", lambda: {"math500": 50.0, "aime25": 0.0})
+    state = trainer.state
+    state.best_global_step, state.best_metric = 10, 80.0
+    state.best_model_checkpoint = str(Path(trainer.args.output_dir) / "best")
+    callback.on_train_begin(trainer.args, state, trainer.control)
+    assert callback.best == (10, 80.0)
+    state.global_step = 12
+    callback.on_step_end(trainer.args, state, trainer.control)
+    assert callback.best == (10, 80.0) and state.best_metric == 80.0
+    assert not (Path(trainer.args.output_dir) / "best").exists()  # nothing saved over it
+    monkeypatch.setattr(callback, "_evaluate_benchmarks", lambda: {"math500": 90.0, "aime25": 0.0})
+    state.global_step = 14
+    callback.on_step_end(trainer.args, state, trainer.control)
+    assert callback.best == (14, 90.0) and (Path(trainer.args.output_dir) / "best" / "best.json").exists()
+
+
 def test_callback_argument_errors(tiny_model_path, cpu_config):
     trainer = _trainer(tiny_model_path, cpu_config)
     benchmarks = _fixture_benchmarks()
