@@ -12,16 +12,16 @@ Every loader returns a ``datasets.Dataset`` with the columns TRL and :mod:`asym_
 Sources (hub ids, as used by lighteval / Qwen2.5-Math / verl evaluation scripts; the paper names the benchmarks, not
 the copies it used):
 
-=================  =====================================  =====  ==============  ==================
-name               hub id                                 split  problem column  answer column
-=================  =====================================  =====  ==============  ==================
+=================  ======================================  =====  ==============  ===================
+name               hub id                                  split  problem column  answer column
+=================  ======================================  =====  ==============  ===================
 ``math`` (train)   ``DigitalLearningGmbH/MATH-lighteval``  train  problem         solution (boxed)
 ``math500``        ``HuggingFaceH4/MATH-500``              test   problem         answer
 ``aime24``         ``HuggingFaceH4/aime_2024``             train  problem         answer
 ``aime25``         ``yentinglin/aime_2025``                train  problem         answer
 ``amc23``          ``math-ai/amc23``                       test   question        answer (float)
 ``olympiadbench``  ``math-ai/olympiadbench``               test   question        final_answer (list)
-=================  =====================================  =====  ==============  ==================
+=================  ======================================  =====  ==============  ===================
 
 Any of them can be read from a local JSON/JSONL/parquet/CSV copy instead (``data_files=``), with the same column
 mapping; any local file can be loaded by path with ``columns={"problem": ..., "solution": ...}``.
