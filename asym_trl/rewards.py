@@ -176,10 +176,17 @@ def _group_end(answer: str, i: int) -> int:
 
 
 def _numeric_value(token: str) -> float | None:
-    """Upper estimate of a purely numeric power tower such as ``9^{9^{9}}``; ``None`` if it is not numeric."""
-    token = token.strip()
-    while token.startswith("{") and _group_end(token, 0) == len(token):
-        token = token[1:-1].strip()
+    """Upper estimate of the magnitude of a purely numeric power tower such as ``9^{-(9^{9})}``; ``None`` if it is
+    not numeric.  Signs, braces and parentheses around it are ignored (sympy computes ``9^{-n}`` via ``9^n`` too)."""
+    token = token.replace("\\left", "").replace("\\right", "").strip()
+    while True:
+        token = token.lstrip("+-").strip()
+        if token.startswith("{") and _group_end(token, 0) == len(token):
+            token = token[1:-1].strip()
+        elif token.startswith("(") and token.endswith(")"):
+            token = token[1:-1].strip()
+        else:
+            break
     match = _NUMBER.match(token)
     if not match:
         return None

@@ -131,6 +131,10 @@ def test_refusal_reasons():
     assert refusal_reason("2^{2^{10}}") is None  # 2^1024: cheap
     assert refusal_reason("9^{9^{9}}") == "huge_power"
     assert refusal_reason("x^{9^{9^{9}}}") == "huge_power"
+    assert refusal_reason("2^{-9^{9^{9}}}") == "huge_power"  # 9^{-n} costs sympy what 9^n does
+    assert refusal_reason("9^{(9^{9})}") == "huge_power"
+    assert refusal_reason("9^{\\left(9^{9}\\right)}") == "huge_power"
+    assert refusal_reason("2^{-3}") is None and refusal_reason("(x+1)^{2}") is None
     assert refusal_reason("x" * 401) == "too_long"
     assert refusal_reason("{" * 7 + "1" + "}" * 7) == "too_nested"
     assert refusal_reason("1001!") == "huge_factorial"
@@ -292,3 +296,40 @@ def test_rewards_in_a_real_trl_run(tiny_model_path, cpu_config):
     # a random tiny model writes no boxed answer in 4 tokens: every completion is a scorable 0
     assert logs["rewards/accuracy_reward/mean"] == 0.0 and logs["rewards/format_reward/mean"] == 0.0
     assert logs["accuracy/no_answer_frac"] == 1.0 and logs["accuracy/unscorable_frac"] == 0.0
+
+
+LATEXISH = "0123456789+-*/^_{}()[]!.,= x\\frac\\sqrt\\boxed\\left\\right\\pi e"
+
+
+def test_fuzz_extraction_and_prechecks_never_fail():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(alphabet=LATEXISH, max_size=300))
+    def check(text):
+        answer = extract_boxed(text)
+        assert answer is None or answer in text
+        refusal_reason(text)  # never raises, whatever the input
+        normalize_gold(text)
+
+    check()
+
+
+def test_fuzz_scoring_is_bounded(verifier):
+    """Random LaTeX-ish answers through the real worker: a valid status for each, each within the bound."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    allowed = {"correct", "wrong", "no_answer", "timeout", "error"}
+
+    @settings(max_examples=15, deadline=None)
+    @given(st.text(alphabet=LATEXISH, min_size=1, max_size=60))
+    def check(answer):
+        check_answer("\\boxed{1}", "1", verifier)  # warm worker
+        start = time.monotonic()
+        status = check_answer(f"\\boxed{{{answer}}}", "1", verifier)
+        assert time.monotonic() - start < verifier.timeout_s + 0.5
+        assert status in allowed or status.startswith("refused:")
+
+    check()
