@@ -91,42 +91,45 @@ class TransformersGenerator:
         tokenizer, model = self.tokenizer, self.model
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         greedy = sampling.temperature == 0
-        torch.manual_seed(sampling.seed)
         was_training = model.training
         model.eval()
         outputs = []
-        try:
-            for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc or "generate", unit="batch"):
-                batch = prompts[start : start + self.batch_size]
-                texts = [
-                    tokenizer.apply_chat_template(
-                        list(p), tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
+        # seeded sampling without touching the caller's RNG streams (in-training validation must not shift training)
+        rng_devices = [model.device] if model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(sampling.seed)
+            try:
+                for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc or "generate", unit="batch"):
+                    batch = prompts[start : start + self.batch_size]
+                    texts = [
+                        tokenizer.apply_chat_template(
+                            list(p), tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
+                        )
+                        for p in batch
+                    ]
+                    inputs = tokenizer(
+                        texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+                    ).to(model.device)
+                    with torch.inference_mode():
+                        generated = model.generate(
+                            **inputs,
+                            do_sample=not greedy,
+                            temperature=None if greedy else sampling.temperature,
+                            top_p=None if greedy else sampling.top_p,
+                            top_k=None if greedy else 0,  # plain top-p sampling, as vLLM's defaults
+                            num_return_sequences=1 if greedy else n,
+                            max_new_tokens=sampling.max_new_tokens,
+                            pad_token_id=pad_id,
+                        )
+                    texts_out = tokenizer.batch_decode(
+                        generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
                     )
-                    for p in batch
-                ]
-                inputs = tokenizer(
-                    texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
-                ).to(model.device)
-                with torch.inference_mode():
-                    generated = model.generate(
-                        **inputs,
-                        do_sample=not greedy,
-                        temperature=None if greedy else sampling.temperature,
-                        top_p=None if greedy else sampling.top_p,
-                        top_k=None if greedy else 0,  # plain top-p sampling, as vLLM's defaults
-                        num_return_sequences=1 if greedy else n,
-                        max_new_tokens=sampling.max_new_tokens,
-                        pad_token_id=pad_id,
-                    )
-                texts_out = tokenizer.batch_decode(
-                    generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-                )
-                per_prompt = len(texts_out) // len(batch)
-                for i in range(len(batch)):
-                    samples = texts_out[i * per_prompt : (i + 1) * per_prompt]
-                    outputs.append(samples * n if greedy else samples)  # greedy: n copies of one completion
-        finally:
-            model.train(was_training)
+                    per_prompt = len(texts_out) // len(batch)
+                    for i in range(len(batch)):
+                        samples = texts_out[i * per_prompt : (i + 1) * per_prompt]
+                        outputs.append(samples * n if greedy else samples)  # greedy: n copies of one completion
+            finally:
+                model.train(was_training)
         return outputs
 
 

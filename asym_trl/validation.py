@@ -17,6 +17,7 @@ and the counts are summed over processes, so every process logs the same global 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -92,7 +93,17 @@ class ValidationCallback(TrainerCallback):
         rank, world = accelerator.process_index, accelerator.num_processes
         sampling = EvalSampling(temperature=0.0, max_new_tokens=self.max_new_tokens)
         scores = {}
-        with unwrap_model_for_generation(self.trainer.model_wrapped, accelerator) as model:
+        trainer, args = self.trainer, self.trainer.args
+        dist = getattr(trainer, "_dist", None)  # TRL's FSDP helper; FSDP v1 needs its full parameters to generate
+        with (
+            unwrap_model_for_generation(  # as TRL's own generation: ZeRO-3 gather, gradient checkpointing off
+                trainer.model_wrapped,
+                accelerator,
+                gather_deepspeed3_params=args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+            ) as model,
+            dist.summon_full_params(trainer.model_wrapped, recurse=False) if dist else contextlib.nullcontext(),
+        ):
             generate = TransformersGenerator(model, self.trainer.processing_class, batch_size=self.batch_size)
             for name, dataset in self.benchmarks.items():
                 per_process = math.ceil(len(dataset) / world)

@@ -128,7 +128,12 @@ def test_transformers_backend_avg_at_k_on_tiny_model(tiny_model_path, verifier):
     assert result.avg_at_k == pytest.approx(avg_at_k(correct))
     # seeded: the same completions again
     assert gen(ds["prompt"], 3, sampling) == completions
+    import torch
+
+    rng_before = torch.get_rng_state()
     greedy = gen(ds["prompt"], 2, EvalSampling(temperature=0, max_new_tokens=6))
+    gen(ds["prompt"], 2, sampling)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's (trainer's) random stream is untouched
     assert all(a == b for a, b in greedy)
     assert not gen.model.training
 
