@@ -5,7 +5,8 @@ completion per validation problem with the live policy every ``eval_steps`` opti
 accuracy reward, and
 
 - logs ``val/<benchmark>`` (accuracy in percent) and ``val/avg`` (their mean, the paper's "Avg. Val Acc") through
-  TRL's metrics (``trainer._metrics["train"]``), so they appear in the trainer's next log line / W&B;
+  TRL's metrics (``trainer._metrics["train"]``), so they appear in the trainer's next log line / W&B (averaged if
+  several validations fall in one logging interval; ``validation.jsonl`` has each);
 - tracks the step with the highest ``val/<select_on>`` (default ``math500``; the earliest step wins a tie) and saves
   that model to ``<output_dir>/best`` (with ``best.json``), recorded as ``state.best_metric`` /
   ``state.best_model_checkpoint``;
@@ -104,7 +105,12 @@ class ValidationCallback(TrainerCallback):
             ) as model,
             dist.summon_full_params(trainer.model_wrapped, recurse=False) if dist else contextlib.nullcontext(),
         ):
-            generate = TransformersGenerator(model, self.trainer.processing_class, batch_size=self.batch_size)
+            generate = TransformersGenerator(  # the training prompts' chat-template options (default: non-thinking)
+                model,
+                trainer.processing_class,
+                batch_size=self.batch_size,
+                chat_template_kwargs=getattr(args, "chat_template_kwargs", None),
+            )
             for name, dataset in self.benchmarks.items():
                 per_process = math.ceil(len(dataset) / world)
                 indices = [rank + world * i for i in range(per_process)]
