@@ -147,7 +147,7 @@ seen = []
 
 
 class Oracle:
-    def __init__(self, model, tokenizer, batch_size):
+    def __init__(self, model, tokenizer, **kwargs):
         pass
 
     def __call__(self, prompts, n, sampling, desc=""):
