@@ -5,7 +5,8 @@ completion per validation problem with the live policy every ``eval_steps`` opti
 accuracy reward, and
 
 - logs ``val/<benchmark>`` (accuracy in percent) and ``val/avg`` (their mean, the paper's "Avg. Val Acc") through
-  TRL's metrics (``trainer._metrics["train"]``), so they appear in the trainer's next log line / W&B;
+  TRL's metrics (``trainer._metrics["train"]``), so they appear in the trainer's next log line / W&B (averaged if
+  several validations fall in one logging interval; ``validation.jsonl`` has each);
 - tracks the step with the highest ``val/<select_on>`` (default ``math500``; the earliest step wins a tie) and saves
   that model to ``<output_dir>/best`` (with ``best.json``), recorded as ``state.best_metric`` /
   ``state.best_model_checkpoint``;
@@ -17,6 +18,7 @@ and the counts are summed over processes, so every process logs the same global 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -92,8 +94,23 @@ class ValidationCallback(TrainerCallback):
         rank, world = accelerator.process_index, accelerator.num_processes
         sampling = EvalSampling(temperature=0.0, max_new_tokens=self.max_new_tokens)
         scores = {}
-        with unwrap_model_for_generation(self.trainer.model_wrapped, accelerator) as model:
-            generate = TransformersGenerator(model, self.trainer.processing_class, batch_size=self.batch_size)
+        trainer, args = self.trainer, self.trainer.args
+        dist = getattr(trainer, "_dist", None)  # TRL's FSDP helper; FSDP v1 needs its full parameters to generate
+        with (
+            unwrap_model_for_generation(  # as TRL's own generation: ZeRO-3 gather, gradient checkpointing off
+                trainer.model_wrapped,
+                accelerator,
+                gather_deepspeed3_params=args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+            ) as model,
+            dist.summon_full_params(trainer.model_wrapped, recurse=False) if dist else contextlib.nullcontext(),
+        ):
+            generate = TransformersGenerator(  # the training prompts' chat-template options (default: non-thinking)
+                model,
+                trainer.processing_class,
+                batch_size=self.batch_size,
+                chat_template_kwargs=getattr(args, "chat_template_kwargs", None),
+            )
             for name, dataset in self.benchmarks.items():
                 per_process = math.ceil(len(dataset) / world)
                 indices = [rank + world * i for i in range(per_process)]
@@ -108,6 +125,14 @@ class ValidationCallback(TrainerCallback):
         return scores
 
     # -- callback -------------------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        """On resume, the best so far comes back from the checkpoint's trainer state, so a worse model cannot
+        overwrite ``best/``."""
+        if state.best_global_step is not None and state.best_metric is not None and state.best_model_checkpoint:
+            if Path(state.best_model_checkpoint) == Path(args.output_dir) / "best":
+                self.best = (state.best_global_step, state.best_metric)
+        return control
+
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.eval_steps != 0:
             return control
@@ -120,7 +145,8 @@ class ValidationCallback(TrainerCallback):
             if key != "step":
                 metrics[key].append(value)
 
-        best = select_best([(r["step"], r[f"val/{self.select_on}"]) for r in self.history])
+        # the best so far (restored on resume) against this step: the same as selecting over the whole history
+        best = select_best([*([self.best] if self.best else []), (state.global_step, scores[self.select_on])])
         if best is not None and best != self.best:
             self.best = best
             self._save_best(args, state, record)

@@ -102,6 +102,26 @@ def test_callback_real_greedy_pass(tiny_model_path, cpu_config):
     assert trainer.model.training  # generation put the model back in training mode
 
 
+def test_resumed_run_keeps_its_best(tiny_model_path, cpu_config, monkeypatch):
+    """After a resume the best comes back from the trainer state: a worse later model does not replace best/."""
+    trainer = _trainer(tiny_model_path, cpu_config, max_steps=2)
+    callback = ValidationCallback(trainer, _fixture_benchmarks(), eval_steps=2)
+    monkeypatch.setattr(callback, "_evaluate_benchmarks", lambda: {"math500": 50.0, "aime25": 0.0})
+    state = trainer.state
+    state.best_global_step, state.best_metric = 10, 80.0
+    state.best_model_checkpoint = str(Path(trainer.args.output_dir) / "best")
+    callback.on_train_begin(trainer.args, state, trainer.control)
+    assert callback.best == (10, 80.0)
+    state.global_step = 12
+    callback.on_step_end(trainer.args, state, trainer.control)
+    assert callback.best == (10, 80.0) and state.best_metric == 80.0
+    assert not (Path(trainer.args.output_dir) / "best").exists()  # nothing saved over it
+    monkeypatch.setattr(callback, "_evaluate_benchmarks", lambda: {"math500": 90.0, "aime25": 0.0})
+    state.global_step = 14
+    callback.on_step_end(trainer.args, state, trainer.control)
+    assert callback.best == (14, 90.0) and (Path(trainer.args.output_dir) / "best" / "best.json").exists()
+
+
 def test_callback_argument_errors(tiny_model_path, cpu_config):
     trainer = _trainer(tiny_model_path, cpu_config)
     benchmarks = _fixture_benchmarks()
@@ -111,3 +131,73 @@ def test_callback_argument_errors(tiny_model_path, cpu_config):
         ValidationCallback(trainer, {})
     with pytest.raises(ValueError, match="eval_steps must be >= 1"):
         ValidationCallback(trainer, benchmarks, eval_steps=0)
+
+
+DISTRIBUTED_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+from asym_trl import AsymGRPOConfig, AsymGRPOTrainer, validation
+from asym_trl.data import load_benchmark
+from asym_trl.tiny import toy_sum_dataset, toy_sum_reward
+
+out_dir, model_dir, bench_file = sys.argv[1:4]
+world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+RIGHT = {"p0": "0", "p1": "1", "p3": "3"}  # of five problems p0..p4 (gold = the digit): 60% when counted right
+seen = []
+
+
+class Oracle:
+    def __init__(self, model, tokenizer, **kwargs):
+        pass
+
+    def __call__(self, prompts, n, sampling, desc=""):
+        seen.append([p[-1]["content"] for p in prompts])
+        return [["\\\\boxed{" + RIGHT.get(p[-1]["content"], "9") + "}"] * n for p in prompts]
+
+
+validation.TransformersGenerator = Oracle
+args = AsymGRPOConfig(
+    output_dir=str(Path(out_dir) / "run"), use_cpu=True, bf16=False, gradient_checkpointing=False,
+    per_device_train_batch_size=8 // world, num_generations=4, max_completion_length=4, max_steps=2,
+    logging_steps=1, save_strategy="no", report_to="none", seed=0,
+)
+trainer = AsymGRPOTrainer(model=model_dir, reward_funcs=toy_sum_reward, args=args, train_dataset=toy_sum_dataset(32))
+bench = load_benchmark(bench_file, columns={"problem": "q", "solution": "a"}, instruction="")
+callback = validation.ValidationCallback(trainer, {"math500": bench}, eval_steps=2)
+trainer.add_callback(callback)
+trainer.train()
+logged = [h["val/math500"] for h in trainer.state.log_history if "val/math500" in h]
+record = {"world": world, "history": callback.history, "seen": seen, "logged": logged}
+(Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(record))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_problems_and_log_global_accuracy(tiny_model_path, tmp_path):
+    """Under torchrun (gloo), each process evaluates an equal share (5 problems -> 3 + 3 with one padding row that
+    is not counted) and every process logs the same global accuracy."""
+    import os
+    import subprocess
+    import sys
+
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"q": f"p{i}", "a": str(i)}) + "\n" for i in range(5)))
+    script = tmp_path / "run_validation.py"
+    script.write_text(DISTRIBUTED_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*cmd, str(script), str(tmp_path), tiny_model_path, str(bench)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["seen"] == [["p0", "p2", "p4"]] and ranks[1]["seen"] == [["p1", "p3", "p0"]]  # p0: padding
+    for r in ranks:
+        assert r["history"] == [{"step": 2, "val/math500": 60.0, "val/avg": 60.0}]
+        assert r["logged"] == [60.0]
+    assert (tmp_path / "run" / "best" / "best.json").exists()
