@@ -133,6 +133,114 @@ def test_callback_argument_errors(tiny_model_path, cpu_config):
         ValidationCallback(trainer, benchmarks, eval_steps=0)
 
 
+# Completions of the fixture problems, keyed by each problem's text: 2 of 3 right on MATH-500, 1 of 2 on AIME25.
+ORACLE = {
+    "Compute $\\sqrt{8}\\cdot\\sqrt{2}$.": "so \\boxed{4}",
+    "Write $0.25$ as a fraction.": "\\boxed{\\frac{1}{4}}",
+    "Find the interval where $x^2<1$.": "\\boxed{7}",
+    "Find the sum of the digits of $2025$.": "\\boxed{9}",
+    "Compute $7\\cdot 11\\cdot 13$.": "no idea",
+}
+SAMPLING_SETTINGS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "max_completion_length",
+    "logprobs",
+    "structured_outputs_regex",
+    "generation_kwargs",
+)
+
+
+class StandInVLLMGeneration:
+    """Stands in for TRL's ``VLLMGeneration`` (same ``generate``/``sync_weights`` interface and sampling attributes,
+    set to a run's sampling settings): records calls, answers each rendered prompt from ``ORACLE``."""
+
+    def __init__(self, tokenizer, rendered: dict[tuple, str]):
+        self.tokenizer, self.rendered = tokenizer, rendered  # prompt token ids -> problem text
+        self.temperature, self.top_p, self.top_k, self.min_p, self.repetition_penalty = 1.0, 0.95, 20, 0.05, 1.1
+        self.max_completion_length, self.logprobs, self.structured_outputs_regex = 8, 0, "[0-9]+"
+        self.generation_kwargs = {"stop": ["\\n"]}
+        self.events = []
+
+    def sync_weights(self):
+        self.events.append(("sync",))
+
+    def generate(self, prompts, images, num_generations, profiler=None):
+        settings = {key: getattr(self, key) for key in SAMPLING_SETTINGS}
+        self.events.append(("generate", [self.rendered[tuple(p)] for p in prompts], num_generations, images, settings))
+        answers = [ORACLE[self.rendered[tuple(p)]] + self.tokenizer.eos_token for p in prompts]
+        completion_ids = [self.tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+        return prompts, completion_ids, None, None
+
+
+def test_validation_generates_through_the_runs_vllm(tiny_model_path, cpu_config, monkeypatch):
+    """With ``use_vllm`` validation syncs the current weights once, then generates greedily through
+    ``trainer.vllm_generation`` with the chat-templated prompts, restores the rollout settings, and logs the accuracies
+    the transformers path logs on the same completions."""
+    from transformers import AutoTokenizer
+
+    from asym_trl import validation
+
+    trainer = _trainer(tiny_model_path, cpu_config, max_completion_length=6)
+    benchmarks = _fixture_benchmarks()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    rendered = {}
+    for dataset in benchmarks.values():
+        for prompt in dataset["prompt"]:  # the template's own tokenization, non-thinking (the validation default)
+            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, enable_thinking=False)
+            ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+            rendered[tuple(ids)] = prompt[-1]["content"]
+    assert len(rendered) == 5
+
+    generation = StandInVLLMGeneration(tokenizer, rendered)
+    rollout_settings = {key: getattr(generation, key) for key in SAMPLING_SETTINGS}
+    trainer.use_vllm, trainer.vllm_generation, trainer._last_loaded_step = True, generation, 0
+    callback = ValidationCallback(trainer, benchmarks, eval_steps=1, save_best=False)
+    trainer.state.global_step = 1  # after the first optimizer step; the engine still has the step-0 weights
+    callback.on_step_end(trainer.args, trainer.state, trainer.control)
+
+    greedy = {**rollout_settings, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0}
+    greedy |= {"repetition_penalty": 1.0, "max_completion_length": 6, "logprobs": None}
+    greedy |= {"structured_outputs_regex": None, "generation_kwargs": {}}
+    # the sync first, once for both benchmarks; then one greedy call per benchmark with all its problems
+    assert generation.events == [
+        ("sync",),
+        ("generate", list(ORACLE)[:3], 1, None, greedy),
+        ("generate", list(ORACLE)[3:], 1, None, greedy),
+    ]
+    assert trainer._last_loaded_step == 1  # the rollout of the next step does not push the same weights again
+    assert {key: getattr(generation, key) for key in SAMPLING_SETTINGS} == rollout_settings  # put back
+    expected = {"step": 1, "val/math500": 200 / 3, "val/aime25": 50.0, "val/avg": (200 / 3 + 50) / 2}
+    assert callback.history == [pytest.approx(expected)]
+    assert trainer._metrics["train"]["val/math500"] == [pytest.approx(200 / 3)]
+
+    # Already synced at this step: no second push. An error in generation still restores the rollout settings.
+    generation.events.clear()
+    monkeypatch.setattr(generation, "generate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("server down")))
+    with pytest.raises(RuntimeError, match="server down"):
+        callback.on_step_end(trainer.args, trainer.state, trainer.control)
+    assert generation.events == []
+    assert {key: getattr(generation, key) for key in SAMPLING_SETTINGS} == rollout_settings
+
+    # The transformers path on the same completions logs the same numbers.
+    class Oracle:
+        def __init__(self, model, tokenizer, **kwargs):
+            pass
+
+        def __call__(self, prompts, n, sampling, desc=""):
+            assert sampling.temperature == 0 and sampling.max_new_tokens == 6
+            return [[ORACLE[p[-1]["content"]]] * n for p in prompts]
+
+    monkeypatch.setattr(validation, "TransformersGenerator", Oracle)
+    trainer.use_vllm = False
+    plain = ValidationCallback(trainer, benchmarks, eval_steps=1, save_best=False)
+    plain.on_step_end(trainer.args, trainer.state, trainer.control)
+    assert plain.history == callback.history
+
+
 DISTRIBUTED_SCRIPT = """
 import json, os, sys
 from pathlib import Path
