@@ -248,7 +248,7 @@ from asym_trl import AsymGRPOConfig, AsymGRPOTrainer, validation
 from asym_trl.data import load_benchmark
 from asym_trl.tiny import toy_sum_dataset, toy_sum_reward
 
-out_dir, model_dir, bench_file = sys.argv[1:4]
+out_dir, model_dir, bench_file, backend = sys.argv[1:5]
 world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
 RIGHT = {"p0": "0", "p1": "1", "p3": "3"}  # of five problems p0..p4 (gold = the digit): 60% when counted right
 seen = []
@@ -272,18 +272,45 @@ args = AsymGRPOConfig(
 trainer = AsymGRPOTrainer(model=model_dir, reward_funcs=toy_sum_reward, args=args, train_dataset=toy_sum_dataset(32))
 bench = load_benchmark(bench_file, columns={"problem": "q", "solution": "a"}, instruction="")
 callback = validation.ValidationCallback(trainer, {"math500": bench}, eval_steps=2)
-trainer.add_callback(callback)
-trainer.train()
-logged = [h["val/math500"] for h in trainer.state.log_history if "val/math500" in h]
+if backend == "transformers":
+    trainer.add_callback(callback)
+    trainer.train()
+    logged = [h["val/math500"] for h in trainer.state.log_history if "val/math500" in h]
+else:  # TRL's own server-mode VLLMGeneration.generate (gather, one request, broadcast, slice) with a stand-in client
+    import re
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    tok, synced = trainer.processing_class, []
+
+    class Client:
+        def generate(self, prompts, features=None, **sampling):
+            problems = [re.search(r"p\\d", tok.decode(ids)).group() for ids in prompts]
+            seen.append({"problems": problems, **{k: sampling[k] for k in ("n", "temperature", "max_tokens")}})
+            texts = ["\\\\boxed{" + RIGHT.get(p, "9") + "}" + tok.eos_token for p in problems]
+            ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+            return {"prompt_ids": prompts, "completion_ids": ids, "logprobs": None, "logprob_token_ids": None}
+
+    gen = object.__new__(VLLMGeneration)
+    gen.accelerator, gen.mode, gen.vllm_client = trainer.accelerator, "server", Client() if rank == 0 else None
+    gen.temperature, gen.top_p, gen.top_k, gen.min_p, gen.repetition_penalty = 1.0, 1.0, 0, 0.0, 1.0
+    gen.max_completion_length, gen.logprobs, gen.structured_outputs_regex, gen.generation_kwargs = 4, 0, None, {}
+    gen.enable_sleep_mode, gen.sync_weights = False, lambda: synced.append(trainer.state.global_step)
+    trainer.use_vllm, trainer.vllm_generation, trainer._last_loaded_step = True, gen, 1
+    trainer.state.global_step = 2  # after step 2; the engine holds the step-1 weights
+    callback.on_step_end(args, trainer.state, trainer.control)
+    logged = trainer._metrics["train"]["val/math500"]
+    seen = {"requests": seen, "synced": synced}
 record = {"world": world, "history": callback.history, "seen": seen, "logged": logged}
 (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(record))
 """
 
 
 @pytest.mark.slow
-def test_two_processes_share_the_problems_and_log_global_accuracy(tiny_model_path, tmp_path):
+@pytest.mark.parametrize("backend", ["transformers", "vllm"])
+def test_two_processes_share_the_problems_and_log_global_accuracy(tiny_model_path, tmp_path, backend):
     """Under torchrun (gloo), each process evaluates an equal share (5 problems -> 3 + 3 with one padding row that
-    is not counted) and every process logs the same global accuracy."""
+    is not counted) and every process logs the same global accuracy. With vLLM (server mode) every process syncs
+    and the main process sends both shares in one greedy request."""
     import os
     import subprocess
     import sys
@@ -295,7 +322,7 @@ def test_two_processes_share_the_problems_and_log_global_accuracy(tiny_model_pat
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     proc = subprocess.run(
-        [*cmd, str(script), str(tmp_path), tiny_model_path, str(bench)],
+        [*cmd, str(script), str(tmp_path), tiny_model_path, str(bench), backend],
         env=env,
         capture_output=True,
         text=True,
@@ -304,7 +331,12 @@ def test_two_processes_share_the_problems_and_log_global_accuracy(tiny_model_pat
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
-    assert ranks[0]["seen"] == [["p0", "p2", "p4"]] and ranks[1]["seen"] == [["p1", "p3", "p0"]]  # p0: padding
+    if backend == "transformers":
+        assert ranks[0]["seen"] == [["p0", "p2", "p4"]] and ranks[1]["seen"] == [["p1", "p3", "p0"]]  # p0: padding
+    else:
+        request = {"problems": ["p0", "p2", "p4", "p1", "p3", "p0"], "n": 1, "temperature": 0.0, "max_tokens": 4}
+        assert ranks[0]["seen"] == {"requests": [request], "synced": [2]}
+        assert ranks[1]["seen"] == {"requests": [], "synced": [2]}
     for r in ranks:
         assert r["history"] == [{"step": 2, "val/math500": 60.0, "val/avg": 60.0}]
         assert r["logged"] == [60.0]
