@@ -74,7 +74,8 @@ class ScriptArguments(TrlScriptArguments):
         validation_select_on (`str`, *optional*, defaults to `"math500"`):
             The benchmark whose accuracy picks the best model, saved to `<output_dir>/best`.
         validation_batch_size (`int`, *optional*, defaults to `16`):
-            Prompts per `generate` call on each process during validation.
+            Prompts per `model.generate` call on each process during validation (runs without vLLM; with vLLM each
+            benchmark goes to the engine in one call).
         reward_funcs (`list[str]`, *optional*, defaults to `["accuracy"]`):
             Reward functions: names in `asym_trl.rewards.REWARD_FUNCS` or `"package.module:function"`.
         num_processes (`int`, *optional*):
@@ -97,7 +98,9 @@ class ScriptArguments(TrlScriptArguments):
     validation_select_on: str = field(
         default="math500", metadata={"help": "Benchmark whose accuracy picks the best model (output_dir/best)."}
     )
-    validation_batch_size: int = field(default=16, metadata={"help": "Prompts per generate call in validation."})
+    validation_batch_size: int = field(
+        default=16, metadata={"help": "Prompts per model.generate call in validation (not used with vLLM)."}
+    )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["accuracy"],
         metadata={"help": "Reward functions: REWARD_FUNCS names or package.module:function."},
