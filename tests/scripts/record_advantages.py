@@ -1,0 +1,71 @@
+"""Run 2 AsymGRPO steps and dump, per process, the gathered rewards and this process's advantages.
+
+Launched by tests/test_distributed.py with 1 process and with 2 (torchrun, gloo on CPU).
+Usage: record_advantages.py OUT_DIR MODEL_DIR ESTIMATOR GLOBAL_BATCH
+"""
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from accelerate import PartialState
+
+from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
+from asym_trl.tiny import toy_sum_dataset
+
+G = 4
+
+
+def position_reward(completions, answer, **kwargs):
+    """Depends only on the prompt and the rollout's position in its group, not on sampled text, so the
+    1- and 2-process runs see identical rewards; ~half of the rollouts succeed."""
+    state = PartialState()
+    start = state.process_index * len(completions)
+    return [float(hashlib.sha256(f"{a}/{(start + i) % G}".encode()).digest()[0] % 2) for i, a in enumerate(answer)]
+
+
+class Recording(AsymGRPOTrainer):
+    records = []
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        self.records.append(
+            {
+                "rewards": self._gathered_rewards_per_func[:, 0].tolist(),
+                "local_advantages": out["advantages"].tolist(),
+                "local_answers": [x["answer"] for x in inputs],
+            }
+        )
+        return out
+
+
+def main():
+    out_dir, model_dir, estimator, global_batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    args = AsymGRPOConfig(
+        output_dir=str(Path(out_dir) / "run"),
+        advantage_estimator=estimator,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=global_batch // world_size,
+        num_generations=G,
+        max_completion_length=4,
+        max_steps=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+    )
+    trainer = Recording(model_dir, reward_funcs=position_reward, args=args, train_dataset=toy_sum_dataset(64))
+    trainer.train()
+    state = PartialState()
+    path = Path(out_dir) / f"rank{state.process_index}.json"
+    path.write_text(json.dumps({"world_size": state.num_processes, "records": trainer.records}))
+
+
+if __name__ == "__main__":
+    main()

