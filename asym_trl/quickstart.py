@@ -16,8 +16,9 @@ What it does, in order (nothing is downloaded):
 4. **Held-out accuracy before -> after**: greedy accuracy and the mean accuracy of 8 samples at
    temperature 1, plus the sampled policy's token entropy (overall, on correct and on incorrect
    rollouts) and the shares of all-solved / none-solved prompts.  ``summary.json``, the trainer's
-   log history (``trainer_state.json``, with a held-out accuracy curve every 20 steps), the model and
-   ``quickstart.png`` are written to ``--output-dir``.
+   log history (``trainer_state.json``: TRL's metrics, the paper's diagnostics of ``docs/diagnostics.md``
+   and a held-out accuracy curve every 20 steps), the model, ``quickstart.png`` (accuracy and entropy,
+   before vs after) and ``diagnostics.png`` (``asym-trl plot``) are written to ``--output-dir``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 from transformers import TrainerCallback
 
 from .config import AsymGRPOConfig
+from .plotting import plot_runs
 from .tiny import build_tiny_model, last_digit_reward, last_digit_splits
 from .trainer import AsymGRPOTrainer
 
@@ -281,6 +283,7 @@ def run_quickstart(settings: QuickstartSettings, output_dir: str | Path, cache_d
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_run(output_dir)
+    plot_runs(output_dir, labels=[f"quickstart ({settings.advantage_estimator})"])  # -> diagnostics.png
     return summary
 
 
@@ -364,7 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     summary = run_quickstart(settings, opts.output_dir, opts.cache_dir)
     print(format_summary(summary))
-    print(f"run written to {opts.output_dir} (summary.json, trainer_state.json, quickstart.png, model)")
+    print(
+        f"run written to {opts.output_dir}: summary.json, trainer_state.json (log history with the diagnostics), "
+        "quickstart.png, diagnostics.png, the model"
+    )
     return 0
 
 

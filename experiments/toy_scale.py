@@ -35,9 +35,16 @@ METHODS = {  # name -> (advantage_estimator, beta_pos, beta_neg)
     "GRPO (0.5,0.5)": ("grpo", None, None),
     "AsymGRPO (0.9,0.4)": ("asym", 0.9, 0.4),
 }
-COLUMNS = [  # (key in a run's result, header)
-    ("train_entropy_last", "train entropy (last 10 steps)"),
-    ("entropy", "held-out entropy"),
+TRAIN_COLUMNS = [  # (key in a run's result, header): the trainer's diagnostics during RL
+    ("train/entropy", "entropy"),
+    ("train/entropy_correct", "entropy, correct"),
+    ("train/entropy_incorrect", "entropy, incorrect"),
+    ("train/all_solved", "all-solved"),
+    ("train/none_solved", "none-solved"),
+    ("train/reward", "reward"),
+]
+HELDOUT_COLUMNS = [  # the final policy on the held-out problems
+    ("entropy", "entropy"),
     ("entropy_correct", "entropy, correct"),
     ("entropy_incorrect", "entropy, incorrect"),
     ("all_solved", "all-solved"),
@@ -54,7 +61,8 @@ def run_one(base: QuickstartSettings, method: str, seed: int, out_dir: Path, cac
     sft_dir = warm_start(base, cache_dir, train)
     start = time.time()
     trainer = train_rl(settings, sft_dir, train, out_dir / "trainer")
-    train_logs = [h for h in trainer.state.log_history if "entropy" in h and "reward" in h]
+    history = trainer.state.log_history
+    train_logs = [h for h in history if "entropy" in h and "reward" in h]
     final = evaluate_policy(
         trainer.model,
         trainer.processing_class,
@@ -64,29 +72,34 @@ def run_one(base: QuickstartSettings, method: str, seed: int, out_dir: Path, cac
         seed=seed,
     )
     last = train_logs[-2:]  # logged every 5 steps: the last 10 steps
+    whole_run = next(h for h in reversed(history) if "groups/epoch_all_solved" in h)  # one (partial) epoch
     return {
         "method": method,
         "seed": seed,
         "seconds": round(time.time() - start, 1),
-        "train_entropy_last": statistics.fmean(h["entropy"] for h in last),
-        "train_reward_last": statistics.fmean(h["reward"] for h in last),
+        "train/entropy": statistics.fmean(h["entropy"] for h in last),
+        "train/entropy_correct": statistics.fmean(h["entropy/correct"] for h in last),
+        "train/entropy_incorrect": statistics.fmean(h["entropy/incorrect"] for h in last),
+        "train/reward": statistics.fmean(h["reward"] for h in last),
+        "train/all_solved": whole_run["groups/epoch_all_solved"],
+        "train/none_solved": whole_run["groups/epoch_none_solved"],
         **final,
-        "log_history": trainer.state.log_history,
+        "log_history": history,
     }
 
 
-def table(results: list[dict], sft_metrics: dict | None) -> str:
-    header = "| method | " + " | ".join(h for _, h in COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
+def table(results: list[dict], columns: list[tuple[str, str]], sft_metrics: dict | None = None) -> str:
+    """Markdown table, one row per method: mean ± sample std over seeds."""
+    lines = ["| method | " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * (len(columns) + 1)]
     if sft_metrics is not None:
-        cells = [f"{sft_metrics[k]:.3f}" if k in sft_metrics else "–" for k, _ in COLUMNS]
+        cells = [f"{sft_metrics[k]:.3f}" for k, _ in columns]
         lines.append("| SFT warm start (before RL) | " + " | ".join(cells) + " |")
     for method in METHODS:
         runs = [r for r in results if r["method"] == method]
         if not runs:
             continue
         cells = []
-        for key, _ in COLUMNS:
+        for key, _ in columns:
             values = [r[key] for r in runs]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.fmean(values):.3f} ± {spread:.3f}")
@@ -138,7 +151,12 @@ def main(argv: list[str] | None = None) -> int:
                 summary = f"entropy {result['entropy']:.3f}, accuracy {result['sampled_accuracy']:.3f}"
                 print(f"{name}: {result['seconds']} s, {summary}", flush=True)
             results.append(json.loads(result_file.read_text()))
-    text = table(results, sft_metrics)
+    text = (
+        f"During RL ({opts.rl_steps} steps; entropies and reward: mean of the last 10 steps; all-/none-solved: "
+        "share of the run's groups)\n\n" + table(results, TRAIN_COLUMNS) + "\n\n"
+        f"Final policy on the {base.num_test} held-out problems ({base.eval_samples} samples each, T=1)\n\n"
+        + table(results, HELDOUT_COLUMNS, sft_metrics)
+    )
     (out / "table.md").write_text(text + "\n")
     print(text)
     return 0
