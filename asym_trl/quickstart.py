@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import PrinterCallback, TrainerCallback
 
 from .config import AsymGRPOConfig
 from .plotting import plot_runs
@@ -64,6 +64,7 @@ class QuickstartSettings:
     rl_learning_rate: float = 3e-4
     max_completion_length: int = 16
     logging_steps: int = 5
+    displacement_every: int = 5  # log-prob gain of correct rollouts after an update (one extra forward)
     # evaluation
     eval_samples: int = 8
     curve_every: int = 20  # held-out accuracy curve during RL (on the first `curve_problems` held-out problems)
@@ -116,6 +117,8 @@ def warm_start(settings: QuickstartSettings, cache_dir: str | Path, train_datase
         train_dataset=train_dataset.select_columns(["prompt", "completion"]),
         processing_class=tokenizer,
     )
+    trainer.remove_callback(PrinterCallback)  # no per-step dicts on stdout
+    print(f"warm start: SFT of the tiny model, {settings.sft_steps} steps (cached in {out})", flush=True)
     trainer.train()
     trainer.save_model(str(tmp))
     trainer.state.save_to_json(str(tmp / "sft_trainer_state.json"))
@@ -195,8 +198,9 @@ def evaluate_policy(model, tokenizer, dataset, *, num_samples: int = 8, max_new_
 class HeldOutCallback(TrainerCallback):
     """Every ``every`` steps, evaluate the policy on held-out problems and add ``heldout/*`` to the log history."""
 
-    def __init__(self, dataset, every: int, num_samples: int = 4, max_new_tokens: int = 16):
+    def __init__(self, dataset, every: int, num_samples: int = 4, max_new_tokens: int = 16, verbose: bool = True):
         self.dataset, self.every, self.num_samples, self.max_new_tokens = dataset, every, num_samples, max_new_tokens
+        self.verbose = verbose
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         if self.every and state.global_step % self.every == 0:
@@ -209,6 +213,12 @@ class HeldOutCallback(TrainerCallback):
                 seed=state.global_step,
             )
             state.log_history.append({"step": state.global_step, **{f"heldout/{k}": v for k, v in metrics.items()}})
+            if self.verbose:
+                print(
+                    f"  RL step {state.global_step:4d}: held-out accuracy sampled {metrics['sampled_accuracy']:.3f}, "
+                    f"greedy {metrics['greedy_accuracy']:.3f}; entropy {metrics['entropy']:.3f}",
+                    flush=True,
+                )
 
 
 def train_rl(
@@ -230,6 +240,7 @@ def train_rl(
         max_completion_length=settings.max_completion_length,
         max_steps=settings.rl_steps,
         logging_steps=settings.logging_steps,
+        likelihood_displacement_steps=settings.displacement_every,
         save_strategy="no",
         report_to="none",
         seed=settings.seed,
@@ -242,6 +253,7 @@ def train_rl(
         train_dataset=train_dataset.remove_columns("completion"),
         callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # progress comes from HeldOutCallback; metrics go to the log history
     trainer.train()
     return trainer
 
@@ -261,6 +273,12 @@ def run_quickstart(settings: QuickstartSettings, output_dir: str | Path, cache_d
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     eval_kwargs = dict(num_samples=settings.eval_samples, max_new_tokens=settings.max_completion_length)
     before = evaluate_policy(AutoModelForCausalLM.from_pretrained(sft_dir), tokenizer, test, **eval_kwargs)
+    print(
+        f"after SFT: held-out accuracy sampled {before['sampled_accuracy']:.3f}, "
+        f"greedy {before['greedy_accuracy']:.3f}; "
+        f"AsymGRPO ({settings.advantage_estimator}) for {settings.rl_steps} steps",
+        flush=True,
+    )
     start = time.time()
     curve = HeldOutCallback(
         test.select(range(min(settings.curve_problems, len(test)))),
@@ -289,17 +307,15 @@ def run_quickstart(settings: QuickstartSettings, output_dir: str | Path, cache_d
 
 def plot_run(run_dir: str | Path) -> Path:
     """``quickstart.png`` in ``run_dir``: training reward and entropy, held-out accuracy, before vs after."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (e.g. Jupyter's) alone
 
     run_dir = Path(run_dir)
     history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
     summary = json.loads((run_dir / "summary.json").read_text())
     train = [h for h in history if "reward" in h]
     curve = [h for h in history if "heldout/sampled_accuracy" in h]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6), layout="constrained")
+    axes = fig.subplots(1, 3)
     ax = axes[0]
     ax.plot([h["step"] for h in train], [h["reward"] for h in train], label="train reward (T=1)")
     steps = [0] + [h["step"] for h in curve]
@@ -321,10 +337,8 @@ def plot_run(run_dir: str | Path) -> Path:
     ax.set_xticks(list(x), ["greedy acc", "sampled acc", "all-solved", "none-solved"], fontsize=8)
     ax.set(ylim=(0, 1), title=f"held-out ({summary['settings']['num_test']} problems)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     path = run_dir / "quickstart.png"
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
