@@ -128,8 +128,18 @@ def warm_start(settings: QuickstartSettings, cache_dir: str | Path, train_datase
 
 
 @torch.no_grad()
-def evaluate_policy(model, tokenizer, dataset, *, num_samples: int = 8, max_new_tokens: int = 16, seed: int = 0):
-    """Held-out metrics of a policy on ``dataset`` (``prompt`` + ``solution`` columns).
+def evaluate_policy(
+    model,
+    tokenizer,
+    dataset,
+    *,
+    num_samples: int = 8,
+    max_new_tokens: int = 16,
+    seed: int = 0,
+    reward_func=last_digit_reward,
+):
+    """Held-out metrics of a policy on ``dataset`` (``prompt`` + ``solution`` columns), scored by ``reward_func``
+    (TRL signature; a reward >= 1 is a success, None a failure).
 
     Returns a dict: ``greedy_accuracy``; over ``num_samples`` samples per prompt at temperature 1 (as the
     RL rollouts): ``sampled_accuracy``, ``all_solved`` / ``none_solved`` (share of prompts with p = 1 / 0),
@@ -150,7 +160,7 @@ def evaluate_policy(model, tokenizer, dataset, *, num_samples: int = 8, max_new_
         )
         greedy = model.generate(**enc, do_sample=False, **gen)
         greedy_texts = tokenizer.batch_decode(greedy[:, prompt_len:], skip_special_tokens=True)
-        greedy_ok = last_digit_reward(greedy_texts, dataset["solution"])
+        greedy_ok = [r is not None and r >= 1 for r in reward_func(greedy_texts, solution=dataset["solution"])]
 
         torch.manual_seed(seed)
         rep = {k: v.repeat_interleave(num_samples, dim=0) for k, v in enc.items()}
@@ -175,7 +185,7 @@ def evaluate_policy(model, tokenizer, dataset, *, num_samples: int = 8, max_new_
         rollout_tokens = mask.sum(1)
         solutions = [s for s in dataset["solution"] for _ in range(num_samples)]
         sampled_texts = tokenizer.batch_decode(completion, skip_special_tokens=True)
-        correct = torch.tensor(last_digit_reward(sampled_texts, solutions)).bool()
+        correct = torch.tensor([r is not None and r >= 1 for r in reward_func(sampled_texts, solution=solutions)])
         p = correct.view(-1, num_samples).float().mean(1)
 
         def mean_entropy(select):
