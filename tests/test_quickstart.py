@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from asym_trl.quickstart import QuickstartSettings, run_quickstart, warm_start
 from asym_trl.tiny import last_digit_answer, last_digit_reward, last_digit_splits
@@ -62,8 +63,17 @@ def test_reward_reads_the_final_digit_only():
     assert last_digit_reward(completions, ["2"] * 5) == [1.0, 0.0, 0.0, 0.0, 1.0]
 
 
+@pytest.fixture
+def one_torch_thread():
+    """The tiny model gains nothing from threads; on a loaded 2-core machine extra threads cost several x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
-def test_asymgrpo_raises_held_out_accuracy(tmp_path):
+def test_asymgrpo_raises_held_out_accuracy(tmp_path, one_torch_thread):
     """The README's claim on a reduced RL budget (30 steps, 200 held-out problems), fixed seed."""
     settings = QuickstartSettings(rl_steps=30, num_test=200, eval_samples=4, curve_every=10, curve_problems=50)
     summary = run_quickstart(settings, tmp_path / "run", cache_dir=tmp_path / "cache")
