@@ -12,16 +12,16 @@ Every loader returns a ``datasets.Dataset`` with the columns TRL and :mod:`asym_
 Sources (hub ids, as used by lighteval / Qwen2.5-Math / verl evaluation scripts; the paper names the benchmarks, not
 the copies it used):
 
-=================  =====================================  =====  ==============  ==================
-name               hub id                                 split  problem column  answer column
-=================  =====================================  =====  ==============  ==================
+=================  ======================================  =====  ==============  ===================
+name               hub id                                  split  problem column  answer column
+=================  ======================================  =====  ==============  ===================
 ``math`` (train)   ``DigitalLearningGmbH/MATH-lighteval``  train  problem         solution (boxed)
 ``math500``        ``HuggingFaceH4/MATH-500``              test   problem         answer
 ``aime24``         ``HuggingFaceH4/aime_2024``             train  problem         answer
 ``aime25``         ``yentinglin/aime_2025``                train  problem         answer
 ``amc23``          ``math-ai/amc23``                       test   question        answer (float)
 ``olympiadbench``  ``math-ai/olympiadbench``               test   question        final_answer (list)
-=================  =====================================  =====  ==============  ==================
+=================  ======================================  =====  ==============  ===================
 
 Any of them can be read from a local JSON/JSONL/parquet/CSV copy instead (``data_files=``), with the same column
 mapping; any local file can be loaded by path with ``columns={"problem": ..., "solution": ...}``.
@@ -227,14 +227,19 @@ def load_benchmark(
     system_prompt: str | None = None,
     data_files: str | Path | None = None,
     limit: int | None = None,
+    size: int = 200,
+    seed: int = 0,
 ):
     """An evaluation benchmark with ``prompt`` / ``problem`` / ``solution`` columns.
 
     ``name_or_path`` is one of :data:`BENCHMARKS` (``"math500"``, ``"aime24"``, ``"aime25"``, ``"amc23"``,
-    ``"olympiadbench"``), read from the Hub or from ``data_files`` (a local copy with the same columns), or a local
-    data file with ``columns`` as in :func:`load_train_dataset`.
+    ``"olympiadbench"``), read from the Hub or from ``data_files`` (a local copy with the same columns); a
+    reasoning-gym task (its ``"test"`` split: ``size`` problems, seed ``seed + 1``, for offline validation); or a
+    local data file with ``columns`` as in :func:`load_train_dataset`.
     """
     kwargs = dict(instruction=instruction, system_prompt=system_prompt, limit=limit)
+    if name_or_path in REASONING_GYM_TASKS or name_or_path.startswith(_RG_PREFIX):
+        return load_train_dataset(name_or_path, "test", size=size, seed=seed, **kwargs)
     if name_or_path in BENCHMARKS:
         source = BENCHMARKS[name_or_path]
         raw = _load_local(data_files) if data_files else _load_hub(source, source.split)
@@ -246,5 +251,6 @@ def load_benchmark(
             raw, _resolve_columns(raw, columns, name_or_path), f"data file {name_or_path!r}", **kwargs
         )
     raise ValueError(
-        f"unknown benchmark {name_or_path!r}: expected one of {_describe_known(BENCHMARKS)} or a local data file"
+        f"unknown benchmark {name_or_path!r}: expected one of {_describe_known(BENCHMARKS, REASONING_GYM_TASKS)}, "
+        "'reasoning_gym:<task>' or a local data file"
     )

@@ -91,42 +91,45 @@ class TransformersGenerator:
         tokenizer, model = self.tokenizer, self.model
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         greedy = sampling.temperature == 0
-        torch.manual_seed(sampling.seed)
         was_training = model.training
         model.eval()
         outputs = []
-        try:
-            for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc or "generate", unit="batch"):
-                batch = prompts[start : start + self.batch_size]
-                texts = [
-                    tokenizer.apply_chat_template(
-                        list(p), tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
+        # seeded sampling without touching the caller's RNG streams (in-training validation must not shift training)
+        rng_devices = [model.device] if model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(sampling.seed)
+            try:
+                for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc or "generate", unit="batch"):
+                    batch = prompts[start : start + self.batch_size]
+                    texts = [
+                        tokenizer.apply_chat_template(
+                            list(p), tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
+                        )
+                        for p in batch
+                    ]
+                    inputs = tokenizer(
+                        texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+                    ).to(model.device)
+                    with torch.inference_mode():
+                        generated = model.generate(
+                            **inputs,
+                            do_sample=not greedy,
+                            temperature=None if greedy else sampling.temperature,
+                            top_p=None if greedy else sampling.top_p,
+                            top_k=None if greedy else 0,  # plain top-p sampling, as vLLM's defaults
+                            num_return_sequences=1 if greedy else n,
+                            max_new_tokens=sampling.max_new_tokens,
+                            pad_token_id=pad_id,
+                        )
+                    texts_out = tokenizer.batch_decode(
+                        generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
                     )
-                    for p in batch
-                ]
-                inputs = tokenizer(
-                    texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
-                ).to(model.device)
-                with torch.inference_mode():
-                    generated = model.generate(
-                        **inputs,
-                        do_sample=not greedy,
-                        temperature=None if greedy else sampling.temperature,
-                        top_p=None if greedy else sampling.top_p,
-                        top_k=None if greedy else 0,  # plain top-p sampling, as vLLM's defaults
-                        num_return_sequences=1 if greedy else n,
-                        max_new_tokens=sampling.max_new_tokens,
-                        pad_token_id=pad_id,
-                    )
-                texts_out = tokenizer.batch_decode(
-                    generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-                )
-                per_prompt = len(texts_out) // len(batch)
-                for i in range(len(batch)):
-                    samples = texts_out[i * per_prompt : (i + 1) * per_prompt]
-                    outputs.append(samples * n if greedy else samples)  # greedy: n copies of one completion
-        finally:
-            model.train(was_training)
+                    per_prompt = len(texts_out) // len(batch)
+                    for i in range(len(batch)):
+                        samples = texts_out[i * per_prompt : (i + 1) * per_prompt]
+                        outputs.append(samples * n if greedy else samples)  # greedy: n copies of one completion
+            finally:
+                model.train(was_training)
         return outputs
 
 
@@ -198,8 +201,9 @@ class OpenAIServerGenerator:
                 "top_p": sampling.top_p,
                 "max_tokens": sampling.max_new_tokens,
                 "seed": sampling.seed,
-                "chat_template_kwargs": self.chat_template_kwargs,
             }
+            if self.chat_template_kwargs:  # a vLLM extension of the OpenAI API
+                body["chat_template_kwargs"] = self.chat_template_kwargs
             choices = sorted(self._request("POST", "/v1/chat/completions", body)["choices"], key=lambda c: c["index"])
             return [choice["message"]["content"] or "" for choice in choices]
 
@@ -332,6 +336,10 @@ def _parse_args(argv):
     parser.add_argument("--limit", type=int, help="first N problems of each benchmark (smoke tests)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (transformers)")
     parser.add_argument("--instruction", help="instruction appended to each problem (default: boxed-answer prompt)")
+    parser.add_argument("--enable-thinking", action="store_true", help="Qwen3 thinking mode (default: non-thinking)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM offline engine")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM offline engine")
+    parser.add_argument("--max-model-len", type=int, help="vLLM offline engine (default: the model's)")
     parser.add_argument("--label", help="row label in the table (default: the model name)")
     parser.add_argument("--output-dir", default="eval_results")
     parser.add_argument("--table", nargs="+", metavar="RESULTS_JSON", help="only print a table of earlier results")
@@ -371,12 +379,18 @@ def main(argv: list[str] | None = None) -> int:
             benchmarks[name] = load_benchmark(name, data_files=_local_copy(name, args), **common)
         else:  # a local file in the usual layout, named by its stem
             benchmarks[Path(name).stem] = load_benchmark(name, **common)
+    template_kwargs = {"enable_thinking": args.enable_thinking}
     if args.backend == "server":
-        generate = OpenAIServerGenerator(args.server_url, model=args.model)
+        generate = OpenAIServerGenerator(args.server_url, model=args.model, chat_template_kwargs=template_kwargs)
     elif args.backend == "vllm":
-        generate = VLLMGenerator(args.model)
+        engine = dict(
+            tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization
+        )
+        if args.max_model_len:
+            engine["max_model_len"] = args.max_model_len
+        generate = VLLMGenerator(args.model, chat_template_kwargs=template_kwargs, seed=args.seed, **engine)
     else:
-        generate = TransformersGenerator(args.model, batch_size=args.batch_size)
+        generate = TransformersGenerator(args.model, batch_size=args.batch_size, chat_template_kwargs=template_kwargs)
     sampling = EvalSampling(args.temperature, args.top_p, args.max_new_tokens, args.seed)
     ks = {name: args.k for name in benchmarks} if args.k else None
     results = evaluate(generate, benchmarks, ks=ks, sampling=sampling)

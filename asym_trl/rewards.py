@@ -5,7 +5,7 @@
 - ``"accuracy"``: 1.0 when the last ``\\boxed{...}`` of the completion is mathematically equivalent to the gold
   ``solution`` (math-verify), 0.0 when it is not or when there is no boxed answer, ``None`` when the pair cannot be
   scored.  TRL turns ``None`` into NaN; such a rollout is left out of its group's success rate and gets advantage 0.
-- ``"format"``: 1.0 when the completion ends its reasoning with a non-empty, balanced ``\\boxed{...}``, else 0.0.
+- ``"format"``: 1.0 when the completion contains a closed, non-empty ``\\boxed{...}`` answer, else 0.0.
 
 Model output is untrusted.  Nothing in it is executed: the only thing that reads it is math-verify's LaTeX parser
 (never ``eval``/``sympify`` of raw text).  Scoring is bounded in time in any thread or process:
@@ -176,10 +176,17 @@ def _group_end(answer: str, i: int) -> int:
 
 
 def _numeric_value(token: str) -> float | None:
-    """Upper estimate of a purely numeric power tower such as ``9^{9^{9}}``; ``None`` if it is not numeric."""
-    token = token.strip()
-    while token.startswith("{") and _group_end(token, 0) == len(token):
-        token = token[1:-1].strip()
+    """Upper estimate of the magnitude of a purely numeric power tower such as ``9^{-(9^{9})}``; ``None`` if it is
+    not numeric.  Signs, braces and parentheses around it are ignored (sympy computes ``9^{-n}`` via ``9^n`` too)."""
+    token = token.replace("\\left", "").replace("\\right", "").strip()
+    while True:
+        token = token.lstrip("+-").strip()
+        if token.startswith("{") and _group_end(token, 0) == len(token):
+            token = token[1:-1].strip()
+        elif token.startswith("(") and token.endswith(")"):
+            token = token[1:-1].strip()
+        else:
+            break
     match = _NUMBER.match(token)
     if not match:
         return None
@@ -243,6 +250,9 @@ def _worker_loop(memory_limit_bytes: int | None = None) -> None:  # pragma: no c
         except (ImportError, ValueError, OSError):
             pass
     logging.disable(logging.WARNING)  # math-verify warns once that its (signal) timeouts are off: we bound time here
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the protocol's channel; anything else printed goes to stderr
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
     from math_verify import parse, verify
 
     @lru_cache(maxsize=8192)
@@ -257,7 +267,6 @@ def _worker_loop(memory_limit_bytes: int | None = None) -> None:  # pragma: no c
         return CORRECT if verify(gold_parsed, pred_parsed, timeout_seconds=None) else WRONG
 
     answer("$1$", "1")  # warm up the LaTeX grammar before announcing readiness
-    out = sys.stdout
     out.write(json.dumps([_READY]) + "\n")
     out.flush()
     for line in sys.stdin:
@@ -268,6 +277,14 @@ def _worker_loop(memory_limit_bytes: int | None = None) -> None:  # pragma: no c
             status = ERROR
         out.write(json.dumps([status]) + "\n")
         out.flush()
+
+
+def _decode_status(line: str) -> str:
+    try:
+        status = json.loads(line)[0]
+    except (ValueError, IndexError, TypeError):
+        return ERROR
+    return status if status in (CORRECT, WRONG, GOLD_UNPARSEABLE, ERROR) else ERROR
 
 
 _WORKER_BOOTSTRAP = (
@@ -281,10 +298,11 @@ _WORKER_BOOTSTRAP = (
 
 
 class MathVerifier:
-    """A math-verify worker process with a hard per-pair time bound; safe to share between threads.
+    """A math-verify worker process with a hard per-pair time bound; safe to share between threads (POSIX: it waits
+    on the worker's pipe with ``select``).
 
-    Each :meth:`check` sends one ``(gold, answer)`` pair and waits at most ``timeout_s`` for the verdict.  On timeout
-    the worker is killed and a new one started in the background (its start-up is not charged to any pair).
+    Each pair waits at most ``timeout_s`` for its verdict.  On timeout the worker is killed and a new one starts in
+    the background; the next call waits for it to be ready (at most ``startup_timeout_s``, about a second).
     """
 
     def __init__(
@@ -391,7 +409,7 @@ class MathVerifier:
                     statuses.append(ERROR if died else TIMEOUT)
                     sent = len(statuses)
                 else:
-                    statuses.append(json.loads(line)[0])
+                    statuses.append(_decode_status(line))
         return statuses
 
 

@@ -5,7 +5,8 @@ completion per validation problem with the live policy every ``eval_steps`` opti
 accuracy reward, and
 
 - logs ``val/<benchmark>`` (accuracy in percent) and ``val/avg`` (their mean, the paper's "Avg. Val Acc") through
-  TRL's metrics (``trainer._metrics["train"]``), so they appear in the trainer's next log line / W&B;
+  TRL's metrics (``trainer._metrics["train"]``), so they appear in the trainer's next log line / W&B (averaged if
+  several validations fall in one logging interval; ``validation.jsonl`` has each);
 - tracks the step with the highest ``val/<select_on>`` (default ``math500``; the earliest step wins a tie) and saves
   that model to ``<output_dir>/best`` (with ``best.json``), recorded as ``state.best_metric`` /
   ``state.best_model_checkpoint``;
@@ -13,10 +14,15 @@ accuracy reward, and
 
 Several processes each evaluate an equal share of the problems (equal, so that sharded models generate in lockstep)
 and the counts are summed over processes, so every process logs the same global numbers.
+
+Generation backend: with ``use_vllm`` the run's own vLLM engine, ``trainer.vllm_generation`` (server or colocate),
+after pushing the trainer's current weights through the trainer's sync (TRL's, or our disk sync); otherwise
+``model.generate`` under TRL's generation context.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -24,7 +30,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .evaluation import EvalSampling, TransformersGenerator
+from .evaluation import NON_THINKING, EvalSampling, TransformersGenerator
 from .rewards import score_completions
 
 __all__ = ["ValidationCallback", "select_best"]
@@ -51,7 +57,7 @@ class ValidationCallback(TrainerCallback):
         eval_steps: evaluate when ``global_step % eval_steps == 0`` (paper: 10).
         select_on: the benchmark whose accuracy selects the best checkpoint (paper: ``"math500"``).
         max_new_tokens: completion budget (default: the trainer's ``max_completion_length``).
-        batch_size: prompts per ``generate`` call on each process.
+        batch_size: prompts per ``model.generate`` call on each process (vLLM takes each benchmark in one call).
         save_best: save the best model to ``<output_dir>/best``.
     """
 
@@ -83,23 +89,98 @@ class ValidationCallback(TrainerCallback):
         self.best: tuple[int, float] | None = None
 
     # -- evaluation ---------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _transformers_generator(self):
+        """``generate(prompts, desc) -> completions`` with ``model.generate``, under TRL's generation context."""
+        from trl.models import unwrap_model_for_generation
+
+        trainer, args = self.trainer, self.trainer.args
+        sampling = EvalSampling(temperature=0.0, max_new_tokens=self.max_new_tokens)
+        dist = getattr(trainer, "_dist", None)  # TRL's FSDP helper; FSDP v1 needs its full parameters to generate
+        with (
+            unwrap_model_for_generation(  # as TRL's own generation: ZeRO-3 gather, gradient checkpointing off
+                trainer.model_wrapped,
+                trainer.accelerator,
+                gather_deepspeed3_params=args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+            ) as model,
+            dist.summon_full_params(trainer.model_wrapped, recurse=False) if dist else contextlib.nullcontext(),
+        ):
+            generate = TransformersGenerator(  # the training prompts' chat-template options (default: non-thinking)
+                model,
+                trainer.processing_class,
+                batch_size=self.batch_size,
+                chat_template_kwargs=getattr(args, "chat_template_kwargs", None),
+            )
+            yield lambda prompts, desc: [c[0] for c in generate(prompts, 1, sampling, desc=desc)]
+
+    @contextlib.contextmanager
+    def _vllm_generator(self):
+        """``generate(prompts, desc) -> completions`` with the run's vLLM engine (``trainer.vllm_generation``).
+
+        First the trainer's current weights go to vLLM exactly as before a rollout (same method, same
+        ``_last_loaded_step`` tag, so the next rollout at this step does not push them again). TRL's
+        ``VLLMGeneration.generate`` reads its sampling settings from attributes: they are made greedy with the
+        validation budget for the duration (no structured outputs or ``generation_kwargs``; no log-probs) and put
+        back afterwards. Collective like TRL's rollouts: in server mode the main process sends every process's
+        prompts in one request and each gets its own completions back; colocated engines generate their own.
+        """
+        from trl.extras.profiling import profiling_context
+
+        trainer = self.trainer
+        generation, tokenizer = trainer.vllm_generation, trainer.processing_class
+        if trainer.state.global_step != trainer._last_loaded_step:
+            with profiling_context(trainer, "sync_weights"):
+                generation.sync_weights()
+            trainer._last_loaded_step = trainer.state.global_step
+        greedy = {
+            "temperature": 0.0,
+            "top_p": 1.0,
+            "top_k": 0,
+            "min_p": 0.0,
+            "repetition_penalty": 1.0,
+            "max_completion_length": self.max_new_tokens,
+            "logprobs": None,
+            "structured_outputs_regex": None,
+            "generation_kwargs": {},
+        }
+        template_kwargs = getattr(trainer.args, "chat_template_kwargs", None)
+        template_kwargs = NON_THINKING if template_kwargs is None else template_kwargs  # as TransformersGenerator
+
+        def generate(prompts, desc):
+            texts = [
+                tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True, **template_kwargs)
+                for p in prompts
+            ]
+            prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+            with profiling_context(trainer, "vLLM.generate"):
+                _, completion_ids, _, _ = generation.generate(prompts=prompt_ids, images=None, num_generations=1)
+            return tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+
+        saved = {key: getattr(generation, key) for key in greedy}
+        try:
+            for key, value in greedy.items():
+                setattr(generation, key, value)
+            yield generate
+        finally:
+            for key, value in saved.items():
+                setattr(generation, key, value)
+
     def _evaluate_benchmarks(self) -> dict[str, float]:
         """Global greedy accuracy (percent) per benchmark; runs on every process, in the same order."""
         import torch
-        from trl.models import unwrap_model_for_generation
 
         accelerator = self.trainer.accelerator
         rank, world = accelerator.process_index, accelerator.num_processes
-        sampling = EvalSampling(temperature=0.0, max_new_tokens=self.max_new_tokens)
         scores = {}
-        with unwrap_model_for_generation(self.trainer.model_wrapped, accelerator) as model:
-            generate = TransformersGenerator(model, self.trainer.processing_class, batch_size=self.batch_size)
+        use_vllm = getattr(self.trainer, "use_vllm", False)
+        with self._vllm_generator() if use_vllm else self._transformers_generator() as generate:
             for name, dataset in self.benchmarks.items():
                 per_process = math.ceil(len(dataset) / world)
                 indices = [rank + world * i for i in range(per_process)]
                 valid = [i < len(dataset) for i in indices]
                 shard = dataset.select([i if ok else 0 for i, ok in zip(indices, valid, strict=True)])
-                completions = [c[0] for c in generate(shard["prompt"], 1, sampling, desc=f"validation {name}")]
+                completions = generate(shard["prompt"], f"validation {name}")
                 rewards, _ = score_completions(completions, shard["solution"])
                 correct = sum(r == 1.0 for r, ok in zip(rewards, valid, strict=True) if ok)
                 counts = torch.tensor([float(correct), float(sum(valid))], device=accelerator.device)
@@ -108,6 +189,14 @@ class ValidationCallback(TrainerCallback):
         return scores
 
     # -- callback -------------------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        """On resume, the best so far comes back from the checkpoint's trainer state, so a worse model cannot
+        overwrite ``best/``."""
+        if state.best_global_step is not None and state.best_metric is not None and state.best_model_checkpoint:
+            if Path(state.best_model_checkpoint) == Path(args.output_dir) / "best":
+                self.best = (state.best_global_step, state.best_metric)
+        return control
+
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.eval_steps != 0:
             return control
@@ -120,7 +209,8 @@ class ValidationCallback(TrainerCallback):
             if key != "step":
                 metrics[key].append(value)
 
-        best = select_best([(r["step"], r[f"val/{self.select_on}"]) for r in self.history])
+        # the best so far (restored on resume) against this step: the same as selecting over the whole history
+        best = select_best([*([self.best] if self.best else []), (state.global_step, scores[self.select_on])])
         if best is not None and best != self.best:
             self.best = best
             self._save_best(args, state, record)

@@ -1,6 +1,6 @@
 """Reward throughput (completions/s) on a realistic mix, 1 and 2 processes, against TRL's own accuracy_reward.
 
-    PYTHONPATH=. python benchmarks/bench_rewards.py [--n 400]
+    PYTHONPATH=. python benchmarks/bench_rewards.py [--n 300] [--repeats 3]
 
 The mix: MATH-style gold answers (integers, fractions, radicals, intervals, tuples, expressions); each completion is
 ~700 characters of reasoning with inline LaTeX, ending in a boxed answer that is an equivalent form (55%), a wrong
@@ -93,14 +93,19 @@ def throughput(fn, completions, solutions, processes: int) -> tuple[float, list]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=400)
+    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best rate of each is kept")
     opts = parser.parse_args()
     completions, solutions = make_mix(opts.n)
     print(f"{opts.n} completions, mean {sum(len(c[0]['content']) for c in completions) / opts.n:.0f} characters")
     print(f"{'processes':>9} | {'TRL accuracy_reward':>19} | {'asym_trl accuracy':>17} | ratio (ours/TRL)")
     for processes in (1, 2):
-        trl_rate, trl_rewards = throughput(_trl, completions, solutions, processes)
-        our_rate, our_rewards = throughput(_ours, completions, solutions, processes)
+        trl_rate = our_rate = 0.0
+        for _ in range(opts.repeats):  # interleaved, best of: the machine is shared, noise only slows things down
+            rate, trl_rewards = throughput(_trl, completions, solutions, processes)
+            trl_rate = max(trl_rate, rate)
+            rate, our_rewards = throughput(_ours, completions, solutions, processes)
+            our_rate = max(our_rate, rate)
         print(f"{processes:>9} | {trl_rate:>13.1f} /s   | {our_rate:>11.1f} /s   | {our_rate / trl_rate:.2f}")
     agree = sum(a == b for a, b in zip(trl_rewards, our_rewards, strict=True)) / opts.n
     trl_mean, our_mean = (sum(r or 0 for r in rewards) / opts.n for rewards in (trl_rewards, our_rewards))

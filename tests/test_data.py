@@ -121,6 +121,12 @@ def test_reasoning_gym_tasks_offline(task, verifier):
     assert score_completions(wrong, train["solution"], verifier)[0] == [0.0] * 6
 
 
+def test_reasoning_gym_benchmark_is_the_test_split():
+    bench = load_benchmark("gsm_symbolic", size=4, seed=3)
+    assert bench["problem"] == load_train_dataset("gsm_symbolic", split="test", size=4, seed=3)["problem"]
+    assert bench["problem"] != load_train_dataset("gsm_symbolic", size=4, seed=3)["problem"]
+
+
 def test_any_reasoning_gym_task_by_prefix():
     assert len(load_train_dataset("reasoning_gym:chain_sum", size=3)) == 3
 

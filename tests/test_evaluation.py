@@ -128,7 +128,12 @@ def test_transformers_backend_avg_at_k_on_tiny_model(tiny_model_path, verifier):
     assert result.avg_at_k == pytest.approx(avg_at_k(correct))
     # seeded: the same completions again
     assert gen(ds["prompt"], 3, sampling) == completions
+    import torch
+
+    rng_before = torch.get_rng_state()
     greedy = gen(ds["prompt"], 2, EvalSampling(temperature=0, max_new_tokens=6))
+    gen(ds["prompt"], 2, sampling)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's (trainer's) random stream is untouched
     assert all(a == b for a, b in greedy)
     assert not gen.model.training
 
@@ -228,3 +233,39 @@ def test_cli_eval_writes_results_table_and_samples(tiny_model_path, tmp_path, ca
     assert capsys.readouterr().out.count("| tiny |") == 1  # same label: one row
     with pytest.raises(SystemExit):
         cli_main(["eval", "--backend", "server"])  # no --server-url
+
+
+def test_cli_vllm_backend_builds_the_engine(monkeypatch, tmp_path):
+    """`asym-trl eval --backend vllm` with a stand-in vllm module: engine options, sampling, results."""
+    engines = []
+
+    class FakeLLM:
+        def __init__(self, model, **kwargs):
+            engines.append((model, kwargs))
+
+        def chat(self, messages, params, use_tqdm, chat_template_kwargs):
+            out = types.SimpleNamespace
+            return [out(outputs=[out(text="\\boxed{9}")] * params.kwargs["n"]) for _ in messages]
+
+    class FakeSamplingParams:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM, SamplingParams=FakeSamplingParams))
+    out = tmp_path / "run"
+    args = [
+        "eval",
+        "--model",
+        "Qwen/Qwen3-4B",
+        "--benchmarks",
+        "aime25",
+        "--data-files",
+        f"aime25={FIXTURES}/aime25.jsonl",
+    ]
+    assert cli_main([*args, "--tensor-parallel-size", "2", "--max-model-len", "5120", "--output-dir", str(out)]) == 0
+    assert engines == [
+        ("Qwen/Qwen3-4B", {"seed": 0, "tensor_parallel_size": 2, "gpu_memory_utilization": 0.9, "max_model_len": 5120})
+    ]
+    results = json.loads((out / "results.json").read_text())
+    assert results["label"] == "Qwen3-4B" and results["benchmarks"]["aime25"]["k"] == 10
+    assert results["benchmarks"]["aime25"]["avg_at_k"] == pytest.approx(50.0)  # gold 9 right, gold 1001 wrong

@@ -131,6 +131,10 @@ def test_refusal_reasons():
     assert refusal_reason("2^{2^{10}}") is None  # 2^1024: cheap
     assert refusal_reason("9^{9^{9}}") == "huge_power"
     assert refusal_reason("x^{9^{9^{9}}}") == "huge_power"
+    assert refusal_reason("2^{-9^{9^{9}}}") == "huge_power"  # 9^{-n} costs sympy what 9^n does
+    assert refusal_reason("9^{(9^{9})}") == "huge_power"
+    assert refusal_reason("9^{\\left(9^{9}\\right)}") == "huge_power"
+    assert refusal_reason("2^{-3}") is None and refusal_reason("(x+1)^{2}") is None
     assert refusal_reason("x" * 401) == "too_long"
     assert refusal_reason("{" * 7 + "1" + "}" * 7) == "too_nested"
     assert refusal_reason("1001!") == "huge_factorial"
@@ -181,6 +185,17 @@ def test_hard_timeout_kills_and_recovers():
             == ["correct", "wrong", "timeout", "correct", "correct"] * 2
         )
         assert v.restarts == 3
+    finally:
+        v.close()
+
+
+def test_a_dead_worker_is_replaced():
+    v = MathVerifier(timeout_s=30)
+    try:
+        assert v.check("$2$", "2") == "correct"
+        v._proc.kill()  # e.g. killed by the OOM killer between batches
+        v._proc.wait()
+        assert v.check("$2$", "2") == "correct"
     finally:
         v.close()
 
@@ -262,3 +277,59 @@ def test_two_processes_match_one(monkeypatch):
             )
         )
     assert parts[0] + parts[1] == [case[2] for case in CASES]
+
+
+def test_rewards_in_a_real_trl_run(tiny_model_path, cpu_config):
+    """Data -> rewards -> TRL contract: the `solution` column reaches the rewards and the metrics reach the logs."""
+    from asym_trl import AsymGRPOTrainer
+    from asym_trl.data import load_train_dataset
+
+    dataset = load_train_dataset("basic_arithmetic", size=16)
+    trainer = AsymGRPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=[REWARD_FUNCS["accuracy"], REWARD_FUNCS["format"]],
+        args=cpu_config(max_steps=1, max_completion_length=4),
+        train_dataset=dataset,
+    )
+    trainer.train()
+    logs = trainer.state.log_history[0]
+    # a random tiny model writes no boxed answer in 4 tokens: every completion is a scorable 0
+    assert logs["rewards/accuracy_reward/mean"] == 0.0 and logs["rewards/format_reward/mean"] == 0.0
+    assert logs["accuracy/no_answer_frac"] == 1.0 and logs["accuracy/unscorable_frac"] == 0.0
+
+
+LATEXISH = "0123456789+-*/^_{}()[]!.,= x\\frac\\sqrt\\boxed\\left\\right\\pi e"
+
+
+def test_fuzz_extraction_and_prechecks_never_fail():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(alphabet=LATEXISH, max_size=300))
+    def check(text):
+        answer = extract_boxed(text)
+        assert answer is None or answer in text
+        refusal_reason(text)  # never raises, whatever the input
+        normalize_gold(text)
+
+    check()
+
+
+def test_fuzz_scoring_is_bounded(verifier):
+    """Random LaTeX-ish answers through the real worker: a valid status for each, each within the bound."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    allowed = {"correct", "wrong", "no_answer", "timeout", "error"}
+
+    @settings(max_examples=15, deadline=None)
+    @given(st.text(alphabet=LATEXISH, min_size=1, max_size=60))
+    def check(answer):
+        check_answer("\\boxed{1}", "1", verifier)  # warm worker
+        start = time.monotonic()
+        status = check_answer(f"\\boxed{{{answer}}}", "1", verifier)
+        assert time.monotonic() - start < verifier.timeout_s + 0.5
+        assert status in allowed or status.startswith("refused:")
+
+    check()

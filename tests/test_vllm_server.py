@@ -19,11 +19,14 @@ import pytest
 import torch
 
 from asym_trl import AsymGRPOTrainer
+from asym_trl.data import load_benchmark
 from asym_trl.tiny import toy_sum_dataset, toy_sum_reward
+from asym_trl.validation import ValidationCallback
 from asym_trl.vllm_serve import main as vllm_serve_main
 from asym_trl.vllm_sync import DiskSyncVLLMGeneration, served_logprobs
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
 VLLM_PYTHON = os.environ.get("ASYM_TRL_VLLM_PYTHON", str(REPO / ".venv-vllm" / "bin" / "python"))
 SERVER_START_TIMEOUT = 600  # s; ~1 min on an idle 2-core machine, several under load
 PROBE = [5, 17, 9, 42, 3, 28, 11, 7, 60, 2]  # token ids whose log-probs show which weights a model holds
@@ -211,29 +214,65 @@ def test_server_mode_training_with_disk_sync(vllm_server, cpu_config, tmp_path):
     )
     generation = trainer.vllm_generation
     assert isinstance(generation, DiskSyncVLLMGeneration)
+    # Greedy validation on two benchmarks (3 + 2 problems) after step 2, through the same server.
+    benchmarks = {
+        name: load_benchmark(name, data_files=FIXTURES / f"{name}.jsonl", instruction="")
+        for name in ("math500", "aime25")
+    }
+    trainer.add_callback(ValidationCallback(trainer, benchmarks, eval_steps=2))
 
     # After every sync the trainer makes, the server must hold exactly the trainer's current weights.
-    checks = []
-    sync = generation.sync_weights
+    checks, events, sent = [], [], []
+    sync, generate, client_generate = generation.sync_weights, generation.generate, generation.vllm_client.generate
 
     def checked_sync():
         sync()
+        events.append(("sync", trainer.state.global_step))
         trainer_lp = _trainer_logprobs(trainer.model, PROBE)
         served_lp = served_logprobs(url, PROBE)
         checks.append((trainer.state.global_step, generation.last_sync_seconds, trainer_lp, served_lp))
 
-    generation.sync_weights = checked_sync
+    def logged_generate(*args, **kwargs):
+        events.append(("generate", trainer.state.global_step, generation.temperature))
+        return generate(*args, **kwargs)
+
+    def logged_client_generate(*args, **kwargs):  # what goes over HTTP to the server
+        sent.append(kwargs)
+        return client_generate(*args, **kwargs)
+
+    generation.sync_weights, generation.generate = checked_sync, logged_generate
+    generation.vllm_client.generate = logged_client_generate
     requests_before = log_path.read_text().count("POST /v1/completions")
     trainer.train()
 
     assert [step for step, *_ in checks] == [0, 1, 2]  # one sync before each generation: TRL's schedule
+    # Validation after step 2 pushed the step-2 weights first (checked above), generated greedily through the server,
+    # and the rollout that followed at the same step did not push them again.
+    assert events == [
+        ("sync", 0),
+        ("generate", 0, 1.0),
+        ("sync", 1),
+        ("generate", 1, 1.0),
+        ("sync", 2),
+        ("generate", 2, 0.0),
+        ("generate", 2, 0.0),
+        ("generate", 2, 1.0),
+    ]
+    validation_requests = [r for r in sent if r["temperature"] == 0.0]
+    assert [len(r["prompts"]) for r in validation_requests] == [3, 2]
+    assert all(r["n"] == 1 and r["max_tokens"] == args.max_completion_length for r in validation_requests)
+    assert generation.temperature == 1.0  # the rollout settings are back
+    logged = [h for h in trainer.state.log_history if "val/math500" in h]
+    assert [h["step"] for h in logged] == [2]
+    assert {"val/aime25", "val/avg"} <= set(logged[0])
+    assert (Path(args.output_dir) / "validation.jsonl").read_text().count("\n") == 1
     for step, _, trainer_lp, served_lp in checks:
         torch.testing.assert_close(served_lp, trainer_lp, atol=ATOL, rtol=0, msg=f"served weights at step {step}")
     # ... and the trainer really moved between syncs, so a stale server could not have matched by chance.
     for before, after in zip(checks, checks[1:], strict=False):
         assert (after[2] - before[2]).abs().max() > 4 * ATOL, f"trainer weights barely moved at step {after[0]}"
-    # The rollouts came from the server: 3 generation requests plus the 3 probes above.
-    assert log_path.read_text().count("POST /v1/completions") - requests_before >= 3 + 3
+    # The rollouts and the validation came from the server: 3 + 2 generation requests plus the 3 probes above.
+    assert log_path.read_text().count("POST /v1/completions") - requests_before >= 3 + 2 + 3
 
     # The last optimizer step has not been pushed yet; push it and the served log-probs move with the trainer.
     checked_sync()

@@ -1,0 +1,314 @@
+"""Recipes: every YAML loads through the real parser, differs from its GRPO base only where its method does, and
+the verl -> TRL batch arithmetic of the paper's two settings comes out right."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import yaml
+
+from asym_trl.train import RecipeError, batch_plan, describe_plan, load_recipe, main, parse_args, plan_for
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+QWEN3 = RECIPES / "qwen3-4b"
+QWEN25 = RECIPES / "qwen2.5-math-1.5b"
+ALL_RECIPES = sorted(p for p in RECIPES.rglob("*.yaml") if "accelerate_configs" not in p.parts)
+IDENTITY = {"run_name", "output_dir", "hub_model_id"}  # every recipe names its own run
+
+# recipe -> the keys it changes relative to its folder's grpo.yaml (App. E values for Table 1).
+TABLE1 = {
+    "reinforce.yaml": {"advantage_estimator": "reinforce"},
+    "grpo-entropy-reg.yaml": {"entropy_coef": 0.001},
+    "grpo-clip-higher.yaml": {"epsilon_high": 0.28},
+    "grpo-entropy-adv.yaml": {"entropy_adv_alpha": 0.4, "entropy_adv_kappa": 2.0},
+    "dr-grpo.yaml": {"advantage_estimator": "dr_grpo", "loss_type": "dr_grpo", "scale_rewards": "none"},
+    "pass-at-k.yaml": {"advantage_estimator": "pass_at_k", "pass_at_k": 5},
+    "pos-only.yaml": {"advantage_estimator": "pos_only"},
+    "neg-only.yaml": {"advantage_estimator": "neg_only"},
+    "ent-increase.yaml": {"advantage_estimator": "ent_increase"},
+    "ent-decrease.yaml": {"advantage_estimator": "ent_decrease"},
+    "asym-symmetric.yaml": {"advantage_estimator": "asym", "beta_pos": 0.7, "beta_neg": 0.7},
+    "asym.yaml": {"advantage_estimator": "asym", "beta_pos": 0.9, "beta_neg": 0.4},
+    "asym-clip-higher.yaml": {"advantage_estimator": "asym", "beta_pos": 0.9, "beta_neg": 0.3, "epsilon_high": 0.28},
+}
+SECTION3 = {
+    "reinforce.yaml": {"advantage_estimator": "reinforce"},
+    "reinforce-entropy-reg.yaml": {"advantage_estimator": "reinforce", "entropy_coef": 0.001},
+    "pos-only.yaml": {"advantage_estimator": "pos_only"},
+    "neg-only.yaml": {"advantage_estimator": "neg_only"},
+    "neg-only-0.75.yaml": {"advantage_estimator": "asym", "beta_pos": 0.0, "beta_neg": 0.75},
+    "ent-increase.yaml": {"advantage_estimator": "ent_increase"},
+    "ent-decrease.yaml": {"advantage_estimator": "ent_decrease"},
+}
+# (beta_pos, beta_neg) the parsed config must end up with.
+BETAS = {
+    "grpo.yaml": (0.5, 0.5),
+    "reinforce.yaml": (0.0, 0.0),
+    "pos-only.yaml": (0.5, 0.0),
+    "neg-only.yaml": (0.0, 0.5),
+    "ent-increase.yaml": (0.5, 0.5),
+    "ent-decrease.yaml": (0.5, 0.5),
+    "asym-symmetric.yaml": (0.7, 0.7),
+    "asym.yaml": (0.9, 0.4),
+    "asym-clip-higher.yaml": (0.9, 0.3),
+    "neg-only-0.75.yaml": (0.0, 0.75),
+}
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    saved = dict(os.environ)  # recipes export `env:` (WANDB_PROJECT)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def _parse(path, *extra):
+    return parse_args(["--config", str(path), "--dry-run", *extra])
+
+
+def test_every_method_has_a_recipe():
+    assert {p.name for p in QWEN3.glob("*.yaml")} == {"grpo.yaml", *TABLE1}
+    assert {p.name for p in QWEN25.glob("*.yaml")} == {"grpo.yaml", *SECTION3}
+    assert (RECIPES / "cpu" / "quickstart.yaml").is_file()
+
+
+@pytest.mark.parametrize("path", ALL_RECIPES, ids=lambda p: str(p.relative_to(RECIPES)))
+def test_recipe_parses_and_round_trips(path, tmp_path):
+    script_args, training_args, model_args, resolved = _parse(path)
+    assert model_args.model_name_or_path
+    if path.name in BETAS:
+        assert (training_args.beta_pos, training_args.beta_neg) == BETAS[path.name]
+    # The resolved recipe written to output_dir reloads to the same settings.
+    copy = tmp_path / "recipe.yaml"
+    copy.write_text(yaml.safe_dump(resolved))
+    assert _parse(copy)[3] == resolved
+
+
+@pytest.mark.parametrize("folder, expected", [(QWEN3, TABLE1), (QWEN25, SECTION3)], ids=["qwen3-4b", "qwen2.5"])
+def test_method_recipes_differ_from_grpo_only_in_method_keys(folder, expected):
+    grpo = load_recipe(folder / "grpo.yaml")
+    for name, changes in expected.items():
+        recipe = load_recipe(folder / name)
+        diff = {k: v for k, v in recipe.items() if grpo.get(k, "<absent>") != v and k not in IDENTITY}
+        assert diff == changes, name
+        assert set(grpo) - set(recipe) == set(), name
+        assert len({recipe[k] for k in IDENTITY} | {grpo[k] for k in IDENTITY}) == 2 * len(IDENTITY), name
+
+
+@pytest.mark.parametrize("path", sorted(QWEN3.glob("*.yaml")) + sorted(QWEN25.glob("*.yaml")), ids=lambda p: p.name)
+def test_gpu_recipes_follow_the_paper_and_launch_setup(path):
+    script_args, args, model_args, resolved = _parse(path)
+    assert args.learning_rate == 2e-6 and args.num_generations == 8 and args.beta == 0.0
+    assert args.loss_type == ("dr_grpo" if path.name == "dr-grpo.yaml" else "dapo")  # token-level otherwise
+    assert args.use_vllm and args.vllm_mode == "server"
+    assert args.report_to == ["wandb"] and os.environ["WANDB_PROJECT"] == "asym-trl"
+    assert args.push_to_hub and args.hub_model_id.endswith(path.stem)
+    assert args.bf16 and model_args.dtype == "bfloat16"
+    assert script_args.dataset_name == "math" and script_args.reward_funcs == ["accuracy"]
+    assert script_args.validation_benchmarks == ["math500"] and script_args.validation_select_on == "math500"
+    # Validation every 10 verl steps = 10 rollout steps, whatever TRL's optimizer steps per rollout are.
+    plan = plan_for(args, resolved, script_args.num_processes)
+    assert script_args.validation_steps == args.save_steps == 10 * plan.optimizer_steps_per_generation
+    if "qwen3-4b" in path.parts:
+        assert model_args.model_name_or_path == "Qwen/Qwen3-4B"
+        assert args.chat_template_kwargs == {"enable_thinking": False}  # non-thinking mode
+        assert args.max_completion_length == 4096
+    else:
+        assert model_args.model_name_or_path == "Qwen/Qwen2.5-Math-1.5B"
+        assert args.chat_template_kwargs is None and args.max_completion_length == 2560
+
+
+@pytest.mark.parametrize(
+    "path, prompts, completions, optimizer_steps",
+    [(QWEN3 / "asym.yaml", 128, 512, 2), (QWEN25 / "grpo.yaml", 512, 1024, 4)],
+    ids=["qwen3-4b: 128/64", "qwen2.5-math-1.5b: 512/128"],
+)
+def test_paper_batch_arithmetic(path, prompts, completions, optimizer_steps, capsys):
+    """App. C: verl batch B prompts x G=8 per rollout step, mini-batch M prompts per optimizer step: B/M steps."""
+    script_args, args, _, resolved = _parse(path)
+    assert script_args.num_processes == 4
+    plan = plan_for(args, resolved, 4)
+    assert plan.prompts_per_rollout_step == prompts
+    assert plan.completions_per_optimizer_step == completions
+    assert plan.prompts_per_optimizer_step == completions // 8
+    assert plan.optimizer_steps_per_generation == optimizer_steps
+
+    assert main(["--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "batch arithmetic for 4 training process(es)" in out
+    assert f"prompts per rollout step:       {prompts} " in out
+    assert f"completions per optimizer step: {completions} " in out
+    assert f"optimizer steps per generation: {optimizer_steps} " in out
+    assert yaml.safe_load(out.split("# advantage estimator")[0]) == resolved  # the printed recipe is the resolved one
+
+
+def test_batch_plan_matches_trls_own_derivation(cpu_config):
+    """For the world size actually running (1 here), the plan equals what GRPOConfig derives itself."""
+    for kwargs in (
+        dict(per_device_train_batch_size=8, gradient_accumulation_steps=3, num_generations=4),
+        dict(
+            per_device_train_batch_size=8, gradient_accumulation_steps=2, num_generations=4, generation_batch_size=48
+        ),
+        dict(per_device_train_batch_size=4, gradient_accumulation_steps=2, num_generations=4, steps_per_generation=6),
+    ):
+        args = cpu_config(**kwargs)
+        plan = batch_plan(num_processes=1, **kwargs)
+        assert (plan.generation_batch_size, plan.steps_per_generation) == (
+            args.generation_batch_size,
+            args.steps_per_generation,
+        )
+
+
+def test_batch_plan_hand_computed_and_errors():
+    plan = batch_plan(
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=4,
+        num_generations=4,
+        num_processes=3,
+        steps_per_generation=6,
+        num_iterations=2,
+    )
+    # 2 x 3 x 6 = 36 completions = 9 prompts per rollout; 2 x 3 x 4 = 24 per optimizer step; 6 x 2 / 4 = 3 steps.
+    assert (plan.generation_batch_size, plan.prompts_per_rollout_step) == (36, 9)
+    assert plan.completions_per_optimizer_step == 24 and plan.prompts_per_optimizer_step == 6
+    assert plan.optimizer_steps_per_generation == 3
+    odd = batch_plan(per_device_train_batch_size=4, gradient_accumulation_steps=4, num_generations=4, num_processes=1,
+                     steps_per_generation=6)  # fmt: skip
+    assert odd.optimizer_steps_per_generation == Fraction(3, 2)
+    with pytest.raises(RecipeError, match="generation_batch_size=100 must be divisible"):
+        batch_plan(per_device_train_batch_size=8, gradient_accumulation_steps=1, num_generations=4, num_processes=4,
+                   generation_batch_size=100)  # fmt: skip
+    with pytest.raises(RecipeError, match="divisible by num_generations=8"):
+        batch_plan(per_device_train_batch_size=4, gradient_accumulation_steps=1, num_generations=8, num_processes=1)
+    with pytest.raises(RecipeError, match="not both"):
+        batch_plan(per_device_train_batch_size=4, gradient_accumulation_steps=1, num_generations=4, num_processes=1,
+                   generation_batch_size=8, steps_per_generation=2)  # fmt: skip
+
+
+def test_describe_plan_flags_partial_optimizer_steps(cpu_config):
+    plan = batch_plan(per_device_train_batch_size=8, gradient_accumulation_steps=2, num_generations=4,
+                      num_processes=1, steps_per_generation=3)  # fmt: skip
+    assert "3/2" in describe_plan(plan, cpu_config(gradient_accumulation_steps=2)) and "warning" in describe_plan(
+        plan, cpu_config(gradient_accumulation_steps=2)
+    )
+
+
+# ------------------------------------------------------------------------------------------------ base chain
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_base_chain_overrides_and_merges_env(tmp_path):
+    _write(tmp_path / "a.yaml", {"learning_rate": 1e-3, "seed": 1, "env": {"X": "a", "Y": "a"}})
+    (tmp_path / "sub").mkdir()
+    _write(tmp_path / "sub" / "b.yaml", {"base": "../a.yaml", "seed": 2, "env": {"Y": "b"}})
+    _write(tmp_path / "sub" / "c.yaml", {"base": "b.yaml", "beta_pos": 0.7})
+    assert load_recipe(tmp_path / "sub" / "c.yaml") == {
+        "learning_rate": 1e-3,
+        "seed": 2,
+        "beta_pos": 0.7,
+        "env": {"X": "a", "Y": "b"},
+    }
+
+
+def test_base_chain_errors(tmp_path):
+    _write(tmp_path / "loop1.yaml", {"base": "loop2.yaml"})
+    _write(tmp_path / "loop2.yaml", {"base": "loop1.yaml"})
+    with pytest.raises(RecipeError, match="loops"):
+        load_recipe(tmp_path / "loop1.yaml")
+    _write(tmp_path / "orphan.yaml", {"base": "missing.yaml"})
+    with pytest.raises(RecipeError, match=r"missing.yaml does not exist \(base of"):
+        load_recipe(tmp_path / "orphan.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(RecipeError, match="must be a YAML mapping"):
+        load_recipe(tmp_path / "list.yaml")
+    _write(tmp_path / "badenv.yaml", {"env": ["X"]})
+    with pytest.raises(RecipeError, match="'env' must be a mapping"):
+        load_recipe(tmp_path / "badenv.yaml")
+
+
+# ----------------------------------------------------------------------------------- unknown keys, bad values
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("beta_poss", 0.9, "unknown recipe key 'beta_poss'; did you mean 'beta_pos'"),
+        ("not_a_setting", 1, "unknown recipe key 'not_a_setting'"),
+        ("num_generations", 8.5, "recipe key 'num_generations' has an invalid value 8.5"),
+        ("learning_rate", "fast", "recipe key 'learning_rate' has an invalid value 'fast'"),
+        ("use_vllm", "maybe", "recipe key 'use_vllm' has an invalid value 'maybe'"),
+        ("advantage_estimator", "ppo", "recipe key 'advantage_estimator' has an invalid value 'ppo'; choose one of"),
+        ("dtype", "fp8", "recipe key 'dtype' has an invalid value 'fp8'"),
+        ("beta_pos", -1.0, "beta_pos=-1.0 is invalid"),
+        ("pass_at_k", 9, "pass_at_k=9 must satisfy"),
+        ("dataset_streaming", True, "dataset_streaming is not used by asym_trl.train"),
+        ("validation_steps", 0, "validation_steps=0 must be >= 1"),
+    ],
+)
+def test_bad_recipe_fails_before_model_load_naming_the_key(tmp_path, capsys, key, value, message):
+    recipe = load_recipe(RECIPES / "cpu" / "quickstart.yaml")
+    recipe.update({key: value, "model_name_or_path": str(tmp_path / "no-model-here")})
+    if key == "pass_at_k":
+        recipe["advantage_estimator"] = "pass_at_k"
+        recipe.pop("beta_pos"), recipe.pop("beta_neg")
+    path = _write(tmp_path / "bad.yaml", recipe)
+    assert main(["--config", str(path), "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert not (tmp_path / "out").exists()  # nothing was built
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"model_name_or_path": None}, "model_name_or_path is not set"),
+        ({"push_to_hub": True}, "push_to_hub is set but hub_model_id is not"),
+        ({"dataset_name": "asym_trl.tiny:no_such_factory"}, "dataset_name: cannot import dataset factory"),
+        ({"reward_funcs": ["asym_trl.tiny:toy_sum_reward", "nope:f"]}, "reward_funcs: cannot import reward function"),
+    ],
+)
+def test_missing_pieces_fail_before_model_load(tmp_path, capsys, changes, message):
+    recipe = _write(tmp_path / "r.yaml", {"base": str(RECIPES / "cpu" / "quickstart.yaml"), **changes})
+    out = tmp_path / "out"
+    assert main(["--config", str(recipe), "--output_dir", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_command_line_value_names_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(RECIPES / "cpu" / "quickstart.yaml"), "--num_generations", "eight"])
+    assert "--num_generations" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ accelerate configs
+@pytest.mark.parametrize("name", ["ddp", "zero2", "zero3", "fsdp", "cpu_multi"])
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(RECIPES / "accelerate_configs" / f"{name}.yaml")
+    expected = {
+        "ddp": ("MULTI_GPU", 4),
+        "zero2": ("DEEPSPEED", 4),
+        "zero3": ("DEEPSPEED", 4),
+        "fsdp": ("FSDP", 4),
+        "cpu_multi": ("MULTI_GPU", 2),
+    }[name]
+    assert (str(config.distributed_type).split(".")[-1], config.num_processes) == expected
+    assert config.use_cpu == (name == "cpu_multi")
+    if name.startswith("zero"):
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+def test_cli_dispatches_train_and_push(capsys):
+    from asym_trl.cli import main as cli
+
+    assert cli(["train", "--config", str(RECIPES / "qwen3-4b" / "asym.yaml"), "--dry-run"]) == 0
+    assert "prompts per rollout step:       128 " in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli(["push", "--help"])
+    assert "--hub_model_id" in capsys.readouterr().out
