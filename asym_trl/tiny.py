@@ -11,7 +11,15 @@ import random
 import re
 from pathlib import Path
 
-__all__ = ["build_tiny_model", "toy_sum_dataset", "toy_sum_reward", "CHAT_TEMPLATE"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "build_tiny_model",
+    "last_digit_answer",
+    "last_digit_reward",
+    "last_digit_splits",
+    "toy_sum_dataset",
+    "toy_sum_reward",
+]
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -47,6 +55,68 @@ def toy_sum_reward(completions, answer, **kwargs) -> list[float]:
         match = re.search(r"\d", _completion_text(completion))
         rewards.append(float(match is not None and match.group() == gold))
     return rewards
+
+
+def _last_digit_row(a: int, b: int, wrong_final: int | None = None) -> dict:
+    x, y = a % 10, b % 10
+    final = (x + y) % 10 if wrong_final is None else wrong_final
+    return {
+        "prompt": [{"role": "user", "content": _toy_question(a, b)}],
+        "completion": [{"role": "assistant", "content": f"{x} + {y} = {x + y}, so {final}"}],
+        "solution": str((a + b) % 10),
+    }
+
+
+def last_digit_splits(num_test: int = 500, seed: int = 0, low: int = 10, high: int = 99, noise: float = 0.0):
+    """The quickstart task: "last digit of a + b" answered with a short worked step, split by problem.
+
+    Every pair ``a, b`` in ``[low, high]`` is one problem; a seeded shuffle puts ``num_test`` of them in
+    the held-out split and the rest in the train split, so no held-out problem is ever trained on.
+    Columns: conversational ``prompt``, the worked ``completion`` ("7 + 8 = 15, so 5", for SFT) and
+    the gold ``solution`` digit (for :func:`last_digit_reward`).  Returns ``(train, test)`` datasets.
+
+    ``noise`` makes the train demonstrations a noisy teacher: that fraction of the worked completions end
+    with a wrong final digit (uniform over the other nine; ``solution`` stays the gold one).  A model
+    fine-tuned on them is partly right, which is where RL with a verifiable reward has something to do.
+    The test split is always clean.
+    """
+    from datasets import Dataset
+
+    if not 0 <= low <= high:
+        raise ValueError(f"need 0 <= low <= high, got low={low}, high={high}")
+    pairs = [(a, b) for a in range(low, high + 1) for b in range(low, high + 1)]
+    if not 0 < num_test < len(pairs):
+        raise ValueError(f"num_test must be in (0, {len(pairs)}) for operands in [{low}, {high}], got {num_test}")
+    if not 0.0 <= noise <= 1.0:
+        raise ValueError(f"noise must be a fraction in [0, 1], got {noise}")
+    rng = random.Random(seed)
+    rng.shuffle(pairs)
+    test = Dataset.from_list([_last_digit_row(a, b) for a, b in pairs[:num_test]])
+
+    def noisy(a, b):
+        if rng.random() >= noise:
+            return None
+        return (a + b + rng.randint(1, 9)) % 10
+
+    train = Dataset.from_list([_last_digit_row(a, b, noisy(a, b)) for a, b in pairs[num_test:]])
+    return train, test
+
+
+_FINAL_ANSWER = re.compile(r"so (\d)\s*$")
+
+
+def last_digit_answer(text: str) -> str | None:
+    """The final digit of a worked answer ("... so 5"), or ``None`` when the text does not end that way."""
+    match = _FINAL_ANSWER.search(text)
+    return None if match is None else match.group(1)
+
+
+def last_digit_reward(completions, solution, **kwargs) -> list[float]:
+    """1.0 when the completion ends with "so D" and D is the gold digit, else 0.0 (binary, verifiable)."""
+    return [
+        float(last_digit_answer(_completion_text(completion)) == gold)
+        for completion, gold in zip(completions, solution, strict=True)
+    ]
 
 
 def _corpus(num_lines: int = 2000, seed: int = 0) -> list[str]:
