@@ -8,7 +8,10 @@ import sys
 
 # name -> (module with a main(argv) function, one-line help). Add a line to add a command.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "quickstart": ("asym_trl.quickstart", "offline CPU run: SFT warm start + AsymGRPO, held-out accuracy before -> after"),
+    "quickstart": (
+        "asym_trl.quickstart",
+        "offline CPU run: SFT warm start + AsymGRPO, held-out accuracy before -> after",
+    ),
     "train": ("asym_trl.train", "train a recipe: asym-trl train --config recipes/qwen3-4b/asym.yaml [--dry-run]"),
     "push": ("asym_trl.hub", "write a run's model card and push it to the Hub: asym-trl push RUN_DIR"),
     "eval": ("asym_trl.evaluation", "Avg@k on the paper's math benchmarks (vLLM, server or transformers)"),

@@ -37,7 +37,7 @@ from transformers import PrinterCallback, TrainerCallback
 
 from .config import AsymGRPOConfig
 from .plotting import plot_runs
-from .tiny import build_tiny_model, last_digit_reward, last_digit_splits
+from .tiny import build_tiny_model, cpu_run_kwargs, last_digit_reward, last_digit_splits
 from .trainer import AsymGRPOTrainer
 
 __all__ = ["HeldOutCallback", "QuickstartSettings", "evaluate_policy", "run_quickstart", "train_rl", "warm_start"]
@@ -236,24 +236,18 @@ def train_rl(
 ):
     """Train ``model_dir`` with AsymGRPOTrainer on the task; returns the trainer (model trained in place)."""
     args = AsymGRPOConfig(
+        **cpu_run_kwargs(seed=settings.seed, logging_steps=settings.logging_steps),
         output_dir=str(output_dir),
         advantage_estimator=settings.advantage_estimator,
         beta_pos=settings.beta_pos,
         beta_neg=settings.beta_neg,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
         learning_rate=settings.rl_learning_rate,
         lr_scheduler_type="constant",
         per_device_train_batch_size=settings.prompts_per_step * settings.num_generations,
         num_generations=settings.num_generations,
         max_completion_length=settings.max_completion_length,
         max_steps=settings.rl_steps,
-        logging_steps=settings.logging_steps,
         likelihood_displacement_steps=settings.displacement_every,
-        save_strategy="no",
-        report_to="none",
-        seed=settings.seed,
         disable_tqdm=True,
     )
     trainer = AsymGRPOTrainer(

@@ -14,6 +14,7 @@ from pathlib import Path
 __all__ = [
     "CHAT_TEMPLATE",
     "build_tiny_model",
+    "cpu_run_kwargs",
     "last_digit_answer",
     "last_digit_reward",
     "last_digit_splits",
@@ -26,6 +27,25 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def cpu_run_kwargs(**overrides) -> dict:
+    """Trainer-config keywords for a CPU run of the tiny model (float32, no checkpoints, no trackers); overrides win.
+
+    TRL's GRPOConfig defaults to bf16 and gradient checkpointing, which only make a CPU run slower.
+    """
+    return (
+        dict(
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            save_strategy="no",
+            report_to="none",
+            logging_steps=1,
+            seed=0,
+        )
+        | overrides
+    )
 
 
 def _toy_question(a: int, b: int) -> str:

@@ -15,23 +15,17 @@ import tempfile
 from trl import GRPOConfig, GRPOTrainer
 
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
-from asym_trl.tiny import build_tiny_model, toy_sum_dataset, toy_sum_reward
+from asym_trl.tiny import build_tiny_model, cpu_run_kwargs, toy_sum_dataset, toy_sum_reward
 
 
 def step_times(trainer_cls, config_cls, model_dir, out_dir, opts, **extra) -> list[float]:
     args = config_cls(
+        **cpu_run_kwargs(),
         output_dir=out_dir,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
         per_device_train_batch_size=16,
         num_generations=8,
         max_completion_length=opts.tokens,
         max_steps=opts.steps,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
         **extra,
     )
     trainer = trainer_cls(model_dir, reward_funcs=toy_sum_reward, args=args, train_dataset=toy_sum_dataset(512))

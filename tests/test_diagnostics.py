@@ -22,6 +22,7 @@ import torch
 
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
 from asym_trl import diagnostics as diag
+from asym_trl.tiny import cpu_run_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
 G = 4
@@ -164,21 +165,14 @@ def starts_with_seven(completions, **kwargs):
 
 
 def make_config(output_dir, **overrides):
-    kwargs = dict(
+    kwargs = cpu_run_kwargs(
         output_dir=str(output_dir),
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
         per_device_train_batch_size=4 * G,
         num_generations=G,
         max_completion_length=8,
         temperature=1.0,
         max_steps=2,
         learning_rate=5e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
         cov_window_steps=40,
         likelihood_displacement_steps=1,
     )

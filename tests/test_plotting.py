@@ -9,7 +9,7 @@ import pytest
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
 from asym_trl.cli import main as cli_main
 from asym_trl.plotting import PANELS, load_log_history, make_figure, plot_runs
-from asym_trl.tiny import toy_sum_dataset
+from asym_trl.tiny import cpu_run_kwargs, toy_sum_dataset
 
 
 def digit_first(completions, **kwargs):
@@ -22,19 +22,13 @@ def run_dir(tiny_model_path, tmp_path_factory):
     """A real run: 2 epochs of 2 steps, validation every 2 steps, displacement every 2 steps."""
     out = tmp_path_factory.mktemp("run")
     args = AsymGRPOConfig(
+        **cpu_run_kwargs(),
         output_dir=str(out),
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
         per_device_train_batch_size=16,
         num_generations=4,
         max_completion_length=6,
         num_train_epochs=2,
         learning_rate=3e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
         likelihood_displacement_steps=2,
         eval_strategy="steps",
         eval_steps=2,

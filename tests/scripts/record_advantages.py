@@ -13,7 +13,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
-from asym_trl.tiny import toy_sum_dataset
+from asym_trl.tiny import cpu_run_kwargs, toy_sum_dataset
 
 G = 4
 
@@ -45,20 +45,14 @@ def main():
     out_dir, model_dir, estimator, global_batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args = AsymGRPOConfig(
+        **cpu_run_kwargs(),
         output_dir=str(Path(out_dir) / "run"),
         advantage_estimator=estimator,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
         per_device_train_batch_size=global_batch // world_size,
         num_generations=G,
         max_completion_length=4,
         max_steps=2,
         learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
     )
     trainer = Recording(model_dir, reward_funcs=position_reward, args=args, train_dataset=toy_sum_dataset(64))
     trainer.train()
