@@ -3,8 +3,9 @@
 Avg@k of a benchmark = mean over its problems of the fraction of ``k`` sampled completions whose last ``\\boxed{}``
 answer math-verify judges equal to the gold answer, in percent (paper: k=5 for MATH-500 and OlympiadBench, k=10 for
 AIME24/AIME25/AMC23, temperature 0.4, top-p 1.0).  A completion that cannot be scored (see
-:mod:`asym_trl.rewards`) counts as wrong and is reported in ``unscorable``.  ``Avg.`` is the unweighted mean of the
-benchmark scores, as in the paper's Table 1.
+:mod:`asym_trl.rewards`) counts as wrong and is reported in ``unscorable`` (gold does not parse) or ``unverifiable``
+(answer refused or verification timed out).  ``Avg.`` is the unweighted mean of the benchmark scores, as in the
+paper's Table 1.
 
 Generation backends (all take conversational prompts and return ``n`` completions per prompt):
 
@@ -229,7 +230,8 @@ class BenchmarkResult:
     k: int
     avg_at_k: float
     num_problems: int
-    unscorable: int  # samples that could not be scored (counted as wrong)
+    unscorable: int  # samples whose gold answer does not parse (counted as wrong)
+    unverifiable: int  # answers refused by a pre-check or whose verification timed out / failed (wrong)
     no_answer: int  # samples without a boxed answer
     samples: list[dict] = field(default_factory=list, repr=False)
 
@@ -276,6 +278,7 @@ def evaluate_benchmark(
         avg_at_k=avg_at_k(correct),
         num_problems=len(prompts),
         unscorable=sum(r is None for r in rewards),
+        unverifiable=sum(s.startswith("refused:") or s in ("timeout", "error") for s in statuses),
         no_answer=statuses.count("no_answer"),
         samples=samples,
     )

@@ -3,8 +3,10 @@
 ``REWARD_FUNCS`` maps a name to ``fn(completions, solution, **kwargs) -> list[float | None]``:
 
 - ``"accuracy"``: 1.0 when the last ``\\boxed{...}`` of the completion is mathematically equivalent to the gold
-  ``solution`` (math-verify), 0.0 when it is not or when there is no boxed answer, ``None`` when the pair cannot be
-  scored.  TRL turns ``None`` into NaN; such a rollout is left out of its group's success rate and gets advantage 0.
+  ``solution`` (math-verify), 0.0 when it is not, when there is no boxed answer, or when the *answer* cannot be
+  verified (refused by a pre-check, verifier timeout or failure: scoring those 0 keeps the policy from escaping a
+  penalty with garbage answers); ``None`` only when the *gold* answer does not parse.  TRL turns ``None`` into NaN;
+  such a rollout is left out of its group's success rate and gets advantage 0.
 - ``"format"``: 1.0 when the completion contains a closed, non-empty ``\\boxed{...}`` answer, else 0.0.
 
 Model output is untrusted.  Nothing in it is executed: the only thing that reads it is math-verify's LaTeX parser
@@ -16,9 +18,9 @@ Model output is untrusted.  Nothing in it is executed: the only thing that reads
    ``timeout_s``.  math-verify's own timeouts use ``signal.alarm``, which only works in the main thread; a killed
    process works everywhere (TRL's async reward loop, threads, several accelerate processes).
 
-A pair is *unscorable* (``None``) when the gold answer does not parse, when a check refuses the answer, or when the
-worker times out or fails.  Unscorable pairs are counted in the ``accuracy/unscorable_frac`` metric (through TRL's
-``log_metric``) so that they are never silent.
+A pair is *unscorable* (``None``) only when the gold answer does not parse.  Answers a check refuses, or whose
+verification times out or fails, score 0.0.  Both are counted, in the ``accuracy/unscorable_frac`` and
+``accuracy/unverifiable_frac`` metrics (through TRL's ``log_metric``), so that they are never silent.
 
 This module imports only the standard library at top level: the worker process loads this very file as a standalone
 module (``python -c``) to run :func:`_worker_loop`, without importing the package, torch or TRL.
@@ -456,7 +458,8 @@ def check_answer(completion, solution, verifier: MathVerifier | None = None) -> 
     return check_statuses([completion], [solution], verifier)[0]
 
 
-STATUS_REWARD = {CORRECT: 1.0, WRONG: 0.0, "no_answer": 0.0}  # every other status is unscorable
+# Every other status (refused:*, timeout, error: the model's answer could not be verified) is wrong: 0.0.
+UNSCORABLE_STATUSES = frozenset({GOLD_UNPARSEABLE})  # not the model's fault: left out of the group (None)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -469,17 +472,19 @@ def score_completions(completions, solution, verifier: MathVerifier | None = Non
     if len(completions) != len(solution):
         raise ValueError(f"got {len(completions)} completions but {len(solution)} solutions")
     statuses = check_statuses(completions, solution, verifier)
-    return [STATUS_REWARD.get(status, UNSCORABLE) for status in statuses], statuses
+    return [UNSCORABLE if s in UNSCORABLE_STATUSES else float(s == CORRECT) for s in statuses], statuses
 
 
 def accuracy_reward(completions, solution, **kwargs) -> list[float | None]:
-    """1.0 if the last boxed answer equals the gold ``solution`` (math-verify), 0.0 if not or absent, ``None`` if
-    the pair cannot be scored.  Logs ``accuracy/unscorable_frac`` and ``accuracy/no_answer_frac`` (``log_metric``)."""
+    """1.0 if the last boxed answer equals the gold ``solution`` (math-verify); 0.0 if not, absent or unverifiable;
+    ``None`` if the gold does not parse.  Logs ``accuracy/{unscorable,unverifiable,no_answer}_frac`` (log_metric)."""
     rewards, statuses = score_completions(completions, solution)
     log_metric = kwargs.get("log_metric")
     if log_metric is not None and statuses:
         log_metric("accuracy/unscorable_frac", sum(r is None for r in rewards) / len(rewards))
         log_metric("accuracy/no_answer_frac", sum(s == "no_answer" for s in statuses) / len(statuses))
+        unverifiable = sum(s.startswith("refused:") or s in (TIMEOUT, ERROR) for s in statuses)
+        log_metric("accuracy/unverifiable_frac", unverifiable / len(statuses))
     return rewards
 
 

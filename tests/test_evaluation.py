@@ -66,14 +66,14 @@ def test_evaluate_benchmark_scores_and_counts(verifier):
     result = evaluate_benchmark(gen, ds, k=3, sampling=sampling, name="aime25", verifier=verifier)
     assert gen.calls == [(2, 3, sampling, "aime25")]
     assert result.avg_at_k == pytest.approx(100 * (1 / 3 + 2 / 3) / 2)
-    assert (result.num_problems, result.unscorable, result.no_answer, result.k) == (2, 1, 1, 3)
+    assert (result.num_problems, result.unscorable, result.unverifiable, result.no_answer, result.k) == (2, 0, 1, 1, 3)
     assert [(s["index"], s["sample"], s["status"], s["reward"]) for s in result.samples] == [
         (0, 0, "correct", 1.0),
         (0, 1, "wrong", 0.0),
         (0, 2, "no_answer", 0.0),
         (1, 0, "correct", 1.0),
         (1, 1, "correct", 1.0),
-        (1, 2, "refused:huge_power", None),
+        (1, 2, "refused:huge_power", 0.0),
     ]
     assert result.samples[0]["solution"] == "$9$" and result.samples[0]["problem"] == ds[0]["problem"]
 

@@ -23,7 +23,8 @@ from asym_trl.rewards import (
     score_completions,
 )
 
-# (completion, gold solution, expected reward).  1.0 equivalent, 0.0 wrong or no boxed answer, None unscorable.
+# (completion, gold solution, expected reward).  1.0 equivalent; 0.0 wrong, no boxed answer or an answer that cannot
+# be verified; None (unscorable) only for a gold answer that does not parse.
 CASES = [
     # equivalent forms
     ("The answer is \\boxed{42}.", "42", 1.0),
@@ -74,12 +75,12 @@ CASES = [
     # unparseable gold: no completion can be judged
     ("\\boxed{42}", "", None),
     ("\\boxed{42}", "\\boxed{}", None),
-    # refused by the pre-checks: unscorable
-    ("\\boxed{9^{9^{9^{9}}}}", "1", None),
-    ("\\boxed{10^{100000}}", "1", None),
-    ("\\boxed{100000!}", "1", None),
-    ("\\boxed{" + "(" * 20 + "1" + ")" * 20 + "}", "1", None),
-    ("\\boxed{" + "1+" * 300 + "1}", "301", None),
+    # refused by the pre-checks: wrong (a policy must not escape its penalty with answers nobody can check)
+    ("\\boxed{9^{9^{9^{9}}}}", "1", 0.0),
+    ("\\boxed{10^{100000}}", "1", 0.0),
+    ("\\boxed{100000!}", "1", 0.0),
+    ("\\boxed{" + "(" * 20 + "1" + ")" * 20 + "}", "1", 0.0),
+    ("\\boxed{" + "1+" * 300 + "1}", "301", 0.0),
 ]
 
 
@@ -214,7 +215,7 @@ def test_reward_in_a_thread_and_concurrently():
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert results == {i: [1.0, 0.0, 0.0, None] for i in range(3)}
+    assert results == {i: [1.0, 0.0, 0.0, 0.0] for i in range(3)}
 
 
 def test_unscorable_and_no_answer_metrics():
@@ -224,8 +225,12 @@ def test_unscorable_and_no_answer_metrics():
         ["1", "1", "1", ""],
         log_metric=lambda name, value: logged.setdefault(name, value),
     )
-    assert rewards == [1.0, None, 0.0, None]
-    assert logged == {"accuracy/unscorable_frac": 0.5, "accuracy/no_answer_frac": 0.25}
+    assert rewards == [1.0, 0.0, 0.0, None]  # refused answer: wrong; unparseable gold: unscorable
+    assert logged == {
+        "accuracy/unscorable_frac": 0.25,
+        "accuracy/no_answer_frac": 0.25,
+        "accuracy/unverifiable_frac": 0.25,
+    }
 
 
 def test_format_reward():
