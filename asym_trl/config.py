@@ -37,9 +37,11 @@ class AsymGRPOConfig(GRPOConfig):
             below the threshold counts as a failure. Unscorable rollouts (every reward function returned `None`)
             count as neither and get advantage 0.
         success_reward_func (`str` or `None`, *optional*):
-            Name of the reward function whose raw score decides success (e.g. the accuracy reward, leaving a
-            format reward out). Default: TRL's weighted sum of all reward functions. Not used by `"dr_grpo"`,
-            which works on the reward values themselves.
+            The reward function whose raw score decides success, by TRL's name (`"accuracy_reward"`) or
+            `asym_trl.rewards.REWARD_FUNCS` name (`"accuracy"`), e.g. to leave a format bonus out; or
+            `"weighted_sum"` for TRL's weighted sum of all of them. Default: the reward function when there is one;
+            with several it must be set (accuracy + format summed would count wrong boxed answers as successes).
+            Not used by `"dr_grpo"`, which works on TRL's weighted sum.
         pass_at_k (`int`, *optional*, defaults to `5`):
             K of `"pass_at_k"`; 1 <= K <= `num_generations`.
         entropy_adv_alpha (`float`, *optional*, defaults to `0.0`):
@@ -85,7 +87,8 @@ class AsymGRPOConfig(GRPOConfig):
     beta_neg: float | None = field(default=None, metadata={"help": "Exponent on incorrect rollouts (Eq. 10)."})
     success_threshold: float = field(default=1.0, metadata={"help": "A rollout succeeds when reward >= this."})
     success_reward_func: str | None = field(
-        default=None, metadata={"help": "Reward function whose score decides success (default: weighted sum)."}
+        default=None,
+        metadata={"help": "Reward function whose score decides success, or 'weighted_sum' (required with several)."},
     )
     pass_at_k: int = field(default=5, metadata={"help": "K of the pass_at_k estimator."})
     entropy_adv_alpha: float = field(default=0.0, metadata={"help": "Entropy-advantage alpha (0 = off)."})
@@ -156,6 +159,15 @@ class AsymGRPOConfig(GRPOConfig):
                 raise ValueError(f"{name}={value!r} must be an integer >= 0 (0 = off)")
         if self.likelihood_displacement_steps > 0 and not self.log_diagnostics:
             raise ValueError("likelihood_displacement_steps > 0 needs log_diagnostics=True")
+
+    def check_success_rule(self, num_reward_funcs: int):
+        """With several reward functions, success must name its rule: accuracy + format summed and thresholded
+        would count wrong boxed answers as successes."""
+        if num_reward_funcs > 1 and self.success_reward_func is None and self.advantage_estimator != "dr_grpo":
+            raise ValueError(
+                f"{num_reward_funcs} reward functions: set success_reward_func to the one that decides success "
+                "(e.g. 'accuracy'), or to 'weighted_sum' to threshold TRL's weighted sum at success_threshold"
+            )
 
     def _validate_against_grpo(self):
         """Checks that need GRPOConfig's resolved fields."""

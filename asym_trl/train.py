@@ -444,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         reward_funcs = load_reward_funcs(script_args.reward_funcs)
+        training_args.check_success_rule(len(reward_funcs))
         train_dataset, validation = load_datasets(script_args)
     except (RecipeError, ValueError, FileNotFoundError) as e:  # asym_trl.data names the dataset it cannot load
         print(f"asym-trl train: error: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from . import diagnostics as diag
 from .advantages import ADVANTAGE_ESTIMATORS, entropy_shaped_advantages
 from .config import AsymGRPOConfig
+from .rewards import REWARD_FUNCS
 from .vllm_sync import disk_weight_sync
 
 # Extra model inputs TRL's loss forwards to _get_per_token_logps_and_entropies (multimodal models).
@@ -54,15 +55,16 @@ class AsymGRPOTrainer(GRPOTrainer):
     of training (see ``docs/diagnostics.md``).
     """
 
-    def __init__(self, *args, **kwargs):
-        with disk_weight_sync(kwargs.get("args", args[2] if len(args) > 2 else None)):
-            super().__init__(*args, **kwargs)
-        if not isinstance(self.args, AsymGRPOConfig):
-            raise TypeError(f"AsymGRPOTrainer needs args=AsymGRPOConfig(...), got {type(self.args).__name__}")
-        name = self.args.success_reward_func
-        if name is not None and name not in self.reward_func_names:
-            raise ValueError(f"success_reward_func={name!r} is not a reward function; have {self.reward_func_names}")
-        self._success_func_index = None if name is None else self.reward_func_names.index(name)
+    def __init__(self, model, reward_funcs=None, args=None, *more, **kwargs):
+        if args is None:  # as TRL does for GRPOConfig
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = AsymGRPOConfig(f"{str(name).split('/')[-1]}-AsymGRPO")
+        if not isinstance(args, AsymGRPOConfig):
+            raise TypeError(f"AsymGRPOTrainer needs args=AsymGRPOConfig(...), got {type(args).__name__}")
+        args.check_success_rule(len(reward_funcs) if isinstance(reward_funcs, list) else 1)  # before any model load
+        with disk_weight_sync(args):
+            super().__init__(model, reward_funcs, args, *more, **kwargs)
+        self._success_func_index = self._resolve_success_func()
         self._scoped_entropy = self.args.entropy_scope != "all"
         if self._scoped_entropy:
             self._entropy_bonus_enabled = False  # TRL's bonus covers every token; ours is added in _compute_loss
@@ -71,13 +73,29 @@ class AsymGRPOTrainer(GRPOTrainer):
         self._init_diagnostics()
 
     # ----------------------------------------------------------------- advantages
+    def _resolve_success_func(self) -> int | None:
+        """Column of the reward that decides success; None = TRL's weighted sum (dr_grpo, or 'weighted_sum')."""
+        name = self.args.success_reward_func
+        if self.args.advantage_estimator == "dr_grpo" or name == "weighted_sum":
+            return None
+        if name is None:
+            return 0  # the only reward function, unweighted
+        names = self.reward_func_names
+        if name not in names and name in REWARD_FUNCS:  # a registry name, e.g. "accuracy"
+            name = REWARD_FUNCS[name].__name__ if REWARD_FUNCS[name].__name__ in names else name
+        if name not in names:
+            raise ValueError(
+                f"success_reward_func={self.args.success_reward_func!r} is not a reward function; have {names}"
+            )
+        return names.index(name)
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._gathered_rewards_per_func = rewards_per_func
         return rewards_per_func
 
     def _estimator_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
-        """The (N,) rewards the estimator sees: TRL's weighted sum (NaN if unscorable) or one function's score."""
+        """The (N,) rewards the estimator sees: one function's raw score, or TRL's weighted sum (NaN if unscorable)."""
         if self._success_func_index is not None:
             return rewards_per_func[:, self._success_func_index]
         weights = self.reward_weights.to(rewards_per_func.device)

@@ -293,7 +293,7 @@ def test_rewards_in_a_real_trl_run(tiny_model_path, cpu_config):
     trainer = AsymGRPOTrainer(
         model=tiny_model_path,
         reward_funcs=[REWARD_FUNCS["accuracy"], REWARD_FUNCS["format"]],
-        args=cpu_config(max_steps=1, max_completion_length=4),
+        args=cpu_config(max_steps=1, max_completion_length=4, success_reward_func="accuracy"),
         train_dataset=dataset,
     )
     trainer.train()

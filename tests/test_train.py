@@ -250,6 +250,7 @@ def test_real_data_rewards_and_greedy_validation(tiny_model_path, tmp_path):
     )
     out = tmp_path / "out"
     extra = ["--dataset_name", "basic_arithmetic", "--reward_funcs", "accuracy", "format"]
+    extra += ["--success_reward_func", "accuracy"]
     extra += ["--validation_benchmarks", str(val), "--validation_select_on", "val", "--validation_steps", "1"]
     assert _train(tiny_model_path, out, *REINFORCE, *extra, "--max_completion_length", "12") == 0
     records = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]

@@ -124,6 +124,28 @@ def test_success_reward_func_decides_success(tiny_model_path, cpu_config):
         )
 
 
+def test_several_reward_functions_need_an_explicit_success_rule(tiny_model_path, cpu_config):
+    def bonus(completions, **kwargs):
+        return [0.5] * len(completions)
+
+    with pytest.raises(ValueError, match="2 reward functions: set success_reward_func"):  # before any model load
+        AsymGRPOTrainer("/no/such/model", reward_funcs=[coin_reward, bonus], args=cpu_config())
+    # 'weighted_sum' opts in to TRL's weighted sum: coin + 0.5 >= 0.5 for every rollout, so all succeed
+    args = cpu_config(advantage_estimator="reinforce", success_reward_func="weighted_sum", success_threshold=0.5)
+    trainer = AsymGRPOTrainer(tiny_model_path, [coin_reward, bonus], args, train_dataset=toy_sum_dataset(32))
+    trainer.train()
+    assert set(trainer._logs["advantages"]) == {1.0}
+
+
+def test_a_single_reward_function_decides_success_unweighted(tiny_model_path, cpu_config):
+    args = cpu_config(advantage_estimator="reinforce", reward_weights=[0.5], max_steps=1)
+    trainer = AsymGRPOTrainer(tiny_model_path, coin_reward, args, train_dataset=toy_sum_dataset(32))
+    trainer.train()
+    coin = torch.tensor(list(trainer._logs["rewards"]["coin_reward"]))
+    assert 0 < coin.sum() < len(coin)
+    assert torch.equal(torch.tensor(list(trainer._logs["advantages"])), coin * 2 - 1)  # 0.5 x coin never reaches 1
+
+
 def test_rejects_plain_grpo_config(tiny_model_path, tmp_path):
     args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
     with pytest.raises(TypeError, match="needs args=AsymGRPOConfig"):
