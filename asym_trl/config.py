@@ -67,7 +67,8 @@ class AsymGRPOConfig(GRPOConfig):
             entropy on correct vs incorrect rollouts, and Cov(p) (App. B).
         cov_window_steps (`int`, *optional*, defaults to `40`):
             Cov(p) (Eq. 12-14) is averaged over the generations of the first `cov_window_steps` optimizer steps
-            (the paper uses 40) and no longer computed afterwards. 0 disables it.
+            and no longer computed afterwards. 0 disables it. The paper uses its first 40 rollout steps: 40 x the
+            optimizer steps per generation.
         likelihood_displacement_steps (`int`, *optional*, defaults to `0`):
             Every this many optimizer steps, log E[log pi_new(y) - log pi_old(y)] over the correct rollouts of the
             step (Lazy Likelihood Displacement, §3.1). Costs one extra forward pass over the step's rollouts; 0

@@ -109,10 +109,18 @@ def test_gpu_recipes_follow_the_paper_and_launch_setup(path):
     assert args.push_to_hub and args.hub_model_id.endswith(path.stem)
     assert args.bf16 and model_args.dtype == "bfloat16"
     assert script_args.dataset_name == "math" and script_args.reward_funcs == ["accuracy"]
-    assert script_args.validation_benchmarks == ["math500"] and script_args.validation_select_on == "math500"
+    five = [
+        "math500",
+        "aime24",
+        "aime25",
+        "amc23",
+        "olympiadbench",
+    ]  # App. C: Avg. Val Acc; App. E: select on MATH-500
+    assert script_args.validation_benchmarks == five and script_args.validation_select_on == "math500"
     # Validation every 10 verl steps = 10 rollout steps, whatever TRL's optimizer steps per rollout are.
     plan = plan_for(args, resolved, script_args.num_processes)
     assert script_args.validation_steps == args.save_steps == 10 * plan.optimizer_steps_per_generation
+    assert args.cov_window_steps == 40 * plan.optimizer_steps_per_generation  # App. B: the first 40 rollout steps
     if "qwen3-4b" in path.parts:
         assert model_args.model_name_or_path == "Qwen/Qwen3-4B"
         assert args.chat_template_kwargs == {"enable_thinking": False}  # non-thinking mode
