@@ -48,7 +48,7 @@ class AsymGRPOConfig(GRPOConfig):
             Entropy advantage (Cheng et al. 2025): per token `A + min(alpha * H_t, |A| / kappa)`. 0 disables it;
             the paper's baseline uses 0.4.
         entropy_adv_kappa (`float`, *optional*, defaults to `2.0`):
-            kappa of the entropy advantage, > 0.
+            kappa of the entropy advantage, > 1 (the term is capped at |A|/kappa, so it never flips A's sign).
         entropy_scope (`str`, *optional*, defaults to `"all"`):
             Which rollouts receive TRL's entropy bonus (`entropy_coef`): `"all"` (TRL's own bonus, unchanged),
             `"positive"` (only tokens of correct rollouts: informative entropy) or `"negative"` (only tokens of
@@ -147,8 +147,11 @@ class AsymGRPOConfig(GRPOConfig):
             raise ValueError(f"success_threshold={self.success_threshold} must be a finite number")
         if self.entropy_adv_alpha < 0 or not math.isfinite(self.entropy_adv_alpha):
             raise ValueError(f"entropy_adv_alpha={self.entropy_adv_alpha} must be a finite number >= 0 (0 = off)")
-        if not (self.entropy_adv_kappa > 0 and math.isfinite(self.entropy_adv_kappa)):
-            raise ValueError(f"entropy_adv_kappa={self.entropy_adv_kappa} must be a finite number > 0")
+        if not (self.entropy_adv_kappa > 1 and math.isfinite(self.entropy_adv_kappa)):
+            raise ValueError(  # the bonus is capped at |A|/kappa: kappa <= 1 could flip a negative advantage's sign
+                f"entropy_adv_kappa={self.entropy_adv_kappa} must be a finite number > 1 (Cheng et al.: the entropy "
+                "term must not reverse the sign of a negative advantage)"
+            )
         if self.entropy_scope not in ENTROPY_SCOPES:
             raise ValueError(f"entropy_scope={self.entropy_scope!r} is unknown; choose one of {list(ENTROPY_SCOPES)}")
         self._validate_diagnostics()

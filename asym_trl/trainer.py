@@ -39,7 +39,7 @@ class AsymGRPOTrainer(GRPOTrainer):
       gathered from all processes in global order.
     * ``_generate_and_score_completions`` -- calls TRL's, then recomputes the advantages of
       every group from those global rewards, keeps this process's slice, fixes the logged
-      advantages (completions table) and adds a per-rollout ``success`` mask to the batch
+      advantages (completions table) and adds per-rollout ``success`` / ``scorable`` masks to the batch
       (and, with ``log_diagnostics``, the group diagnostics and a global ``rollout_index``).
     * ``_compute_loss`` / ``_get_per_token_logps_and_entropies`` -- only when the entropy
       advantage (``entropy_adv_alpha > 0``), a scoped entropy bonus (``entropy_scope`` other
@@ -122,6 +122,7 @@ class AsymGRPOTrainer(GRPOTrainer):
         local = slice(self.accelerator.process_index * len(inputs), (self.accelerator.process_index + 1) * len(inputs))
         output["advantages"] = advantages[local].to(output["advantages"].dtype)
         output["success"] = success[local]
+        output["scorable"] = ~torch.isnan(rewards[local])
         if args.log_diagnostics:
             self._record_group_diagnostics(mode, rewards, advantages, success, num_generations)
             output["rollout_index"] = torch.arange(len(rewards), device=rewards.device)[local]
@@ -175,7 +176,8 @@ class AsymGRPOTrainer(GRPOTrainer):
         mask = inputs["completion_mask"]
         if "tool_mask" in inputs:
             mask = mask * inputs["tool_mask"]
-        in_scope = inputs["success"] if self.args.entropy_scope == "positive" else ~inputs["success"]
+        success = inputs["success"]  # incorrect = scored and not a success (unscorable rollouts are neither)
+        in_scope = success if self.args.entropy_scope == "positive" else inputs["scorable"] & ~success
         scoped = mask * in_scope.unsqueeze(1).to(mask.dtype)
         term = (self._loss_entropies * scoped).sum() / mask.sum().clamp(min=1.0)
         if self.model.training:

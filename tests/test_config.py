@@ -51,6 +51,7 @@ def test_asym_takes_free_betas_and_a_preset_accepts_its_own():
         (dict(success_threshold=float("inf")), "success_threshold=inf"),
         (dict(entropy_adv_alpha=-1.0), "entropy_adv_alpha=-1.0"),
         (dict(entropy_adv_kappa=0.0), "entropy_adv_kappa=0.0"),
+        (dict(entropy_adv_kappa=1.0), "entropy_adv_kappa=1.0 must be a finite number > 1"),
         (dict(entropy_scope="tokens"), "entropy_scope='tokens' is unknown"),
         (dict(entropy_scope="positive"), "entropy_scope='positive' has no effect with entropy_coef=0"),
         (

@@ -201,10 +201,11 @@ def test_scoped_entropy_bonus(scope, tiny_model_path, cpu_config):
     scoped = make_trainer(tiny_model_path, cpu_config, entropy_coef=coef, entropy_scope=scope)
     batch = one_batch(plain)
     success = batch["success"]
-    assert success.any() and (~success).any()
+    assert success.any() and (~success).sum() > 1
+    batch["scorable"][(~success).nonzero()[0]] = False  # an unscorable rollout is neither correct nor incorrect
     mask = batch["completion_mask"].float()
     ent = token_entropies(plain, batch)
-    in_scope = (success if scope == "positive" else ~success).float().unsqueeze(1)
+    in_scope = (success if scope == "positive" else batch["scorable"] & ~success).float().unsqueeze(1)
 
     base = plain._compute_loss(plain.model, batch)
     all_bonus = base - every._compute_loss(every.model, batch)
