@@ -164,19 +164,24 @@ def pass_at_k_advantages(rewards: torch.Tensor, k: int = 5, success_threshold: f
     ``rho = 1 - C(N-c, K)/C(N, K)`` (group pass@K), ``sigma = sqrt(rho(1-rho))``,
     ``A_pos = (1-rho)/sigma``, ``A_neg = (1 - rho - C(N-c-1, K-1)/C(N-1, K-1))/sigma``.
     Groups with sigma = 0 (no success, or every K-subset holds one) get 0.  N is the number of
-    scorable rollouts; where N < K the group uses K = N.
+    scorable rollouts; where N < K the group uses K = N.  The closed form is evaluated once on the
+    (N, c) grid of the group size and looked up per group.
     """
     valid, success, c, n = _group_counts(rewards, success_threshold)
-    kk = torch.minimum(torch.full_like(n, float(k)), n)
-    rho = 1 - torch.exp(_log_comb(n - c, kk) - _log_comb(n, kk))
+    size = rewards.shape[1] + 1
+    grid_n = torch.arange(size, dtype=rewards.dtype, device=rewards.device).view(-1, 1)  # N, by row
+    grid_c = grid_n.view(1, -1)  # c, by column (c > N is never looked up)
+    kk = grid_n.clamp(max=k)
+    rho = 1 - torch.exp(_log_comb(grid_n - grid_c, kk) - _log_comb(grid_n, kk))
     sigma = torch.sqrt((rho * (1 - rho)).clamp(min=0))
     has_signal = sigma > 1e-12
     safe_sigma = torch.where(has_signal, sigma, torch.ones_like(sigma))
-    a_pos = (1 - rho) / safe_sigma
-    miss = torch.exp(_log_comb(n - c - 1, kk - 1) - _log_comb(n - 1, kk - 1))
-    a_neg = (1 - rho - miss) / safe_sigma
-    adv = torch.where(success, a_pos, a_neg)
-    return torch.where(valid & has_signal, adv, torch.zeros_like(adv))
+    miss = torch.exp(_log_comb(grid_n - grid_c - 1, kk - 1) - _log_comb(grid_n - 1, kk - 1))
+    a_pos = torch.where(has_signal, (1 - rho) / safe_sigma, 0.0).view(-1)
+    a_neg = torch.where(has_signal, (1 - rho - miss) / safe_sigma, 0.0).view(-1)
+    cell = (n * size + c).long()  # (num_groups, 1) index into the flattened grid
+    adv = torch.where(success, a_pos[cell], a_neg[cell])
+    return torch.where(valid, adv, torch.zeros_like(adv))
 
 
 def dr_grpo_advantages(rewards: torch.Tensor) -> torch.Tensor:
