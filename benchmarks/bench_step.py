@@ -1,9 +1,10 @@
 """Training-step time of AsymGRPOTrainer vs TRL's GRPOTrainer on the same tiny config; target ratio <= 1.02.
 
-Both trainers run the same steps (same seed, model, data, reward) in alternation, several rounds, and the
-per-step times TRL logs (`step_time`, first step dropped) are compared by their medians.
+Both trainers run the same steps (same seed, model, data, reward) in alternating order (ABBA), several rounds;
+the per-step times TRL logs (`step_time`, first step dropped) are compared by their medians, per round and overall.
+AsymGRPOTrainer runs with its defaults, diagnostics on (their own cost: benchmarks/bench_diagnostics.py).
 
-    python benchmarks/bench_step.py [--steps 20] [--rounds 3] [--hidden 64] [--tokens 16]
+    python benchmarks/bench_step.py [--steps 20] [--rounds 6] [--hidden 64] [--tokens 16]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def step_times(trainer_cls, config_cls, model_dir, out_dir, opts, **extra) -> li
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=16)
     opts = parser.parse_args()
@@ -49,15 +50,23 @@ def main():
                 num_attention_heads=4 if opts.hidden >= 128 else 2,
             )
         )
-        times = {"trl": [], "asym": []}
-        for _ in range(opts.rounds):
-            times["trl"] += step_times(GRPOTrainer, GRPOConfig, model_dir, f"{tmp}/trl", opts)
-            times["asym"] += step_times(AsymGRPOTrainer, AsymGRPOConfig, model_dir, f"{tmp}/asym", opts)
+        runs = {
+            "trl": lambda: step_times(GRPOTrainer, GRPOConfig, model_dir, f"{tmp}/trl", opts),
+            "asym": lambda: step_times(AsymGRPOTrainer, AsymGRPOConfig, model_dir, f"{tmp}/asym", opts),
+        }
+        times, ratios = {"trl": [], "asym": []}, []
+        for round_ in range(opts.rounds):
+            order = ("trl", "asym") if round_ % 2 == 0 else ("asym", "trl")  # ABBA: cancels drift and warm-up
+            this = {name: runs[name]() for name in order}
+            ratios.append(statistics.median(this["asym"]) / statistics.median(this["trl"]))
+            for name in this:
+                times[name] += this[name]
     trl, asym = statistics.median(times["trl"]), statistics.median(times["asym"])
     print(f"steps per trainer: {len(times['trl'])}, hidden={opts.hidden}, completion tokens={opts.tokens}, G=8")
     print(f"GRPOTrainer      median step {trl * 1000:8.1f} ms")
     print(f"AsymGRPOTrainer  median step {asym * 1000:8.1f} ms")
-    print(f"ratio asym / trl: {asym / trl:.3f} (target <= 1.02)")
+    print(f"per-round ratios asym / trl: {', '.join(f'{r:.3f}' for r in ratios)}")
+    print(f"ratio asym / trl (median of rounds): {statistics.median(ratios):.3f} (target <= 1.02)")
 
 
 if __name__ == "__main__":
