@@ -30,9 +30,18 @@ FIXTURES = REPO / "tests" / "fixtures"
 VLLM_PYTHON = os.environ.get("ASYM_TRL_VLLM_PYTHON", str(REPO / ".venv-vllm" / "bin" / "python"))
 SERVER_START_TIMEOUT = 600  # s; ~1 min on an idle 2-core machine, several under load
 PROBE = [5, 17, 9, 42, 3, 28, 11, 7, 60, 2]  # token ids whose log-probs show which weights a model holds
-# The server computes in bfloat16, the trainer in float32: their log-probs of PROBE differ by ~0.01; a training step
-# at the test's learning rate moves them by ~0.5.
-ATOL = 0.05
+# The server computes in bfloat16, the trainer in float32: their log-probs of PROBE differ by ~0.01 at the checkpoint
+# and by up to ~1 % of the log-prob once training has grown the weights; a training step at the test's learning rate
+# moves them by ~0.5.
+ATOL, RTOL = 0.05, 0.02
+
+
+def assert_serves(served, current, stale=None, msg=""):
+    """The server holds the ``current`` weights (bf16 vs float32 tolerance) and is much closer to them than to
+    the ``stale`` ones it held before the sync."""
+    torch.testing.assert_close(served, current, atol=ATOL, rtol=RTOL, msg=msg)
+    if stale is not None:
+        assert (served - current).abs().max() < 0.5 * (served - stale).abs().max(), f"{msg}: still the old weights"
 
 
 def _free_port() -> int:
@@ -196,7 +205,7 @@ def test_server_mode_training_with_disk_sync(vllm_server, cpu_config, tmp_path):
 
     initial = _trainer_logprobs(AutoModelForCausalLM.from_pretrained(model_dir), PROBE)
     served_initial = served_logprobs(url, PROBE)
-    torch.testing.assert_close(served_initial, initial, atol=ATOL, rtol=0)  # the server holds the checkpoint
+    assert_serves(served_initial, initial, msg="the server holds the checkpoint")
 
     args = cpu_config(
         use_vllm=True,
@@ -266,8 +275,9 @@ def test_server_mode_training_with_disk_sync(vllm_server, cpu_config, tmp_path):
     assert [h["step"] for h in logged] == [2]
     assert {"val/aime25", "val/avg"} <= set(logged[0])
     assert (Path(args.output_dir) / "validation.jsonl").read_text().count("\n") == 1
-    for step, _, trainer_lp, served_lp in checks:
-        torch.testing.assert_close(served_lp, trainer_lp, atol=ATOL, rtol=0, msg=f"served weights at step {step}")
+    previous = [None] + [trainer_lp for _, _, trainer_lp, _ in checks[:-1]]
+    for (step, _, trainer_lp, served_lp), stale in zip(checks, previous, strict=True):
+        assert_serves(served_lp, trainer_lp, stale, msg=f"served weights at step {step}")
     # ... and the trainer really moved between syncs, so a stale server could not have matched by chance.
     for before, after in zip(checks, checks[1:], strict=False):
         assert (after[2] - before[2]).abs().max() > 4 * ATOL, f"trainer weights barely moved at step {after[0]}"
@@ -277,6 +287,6 @@ def test_server_mode_training_with_disk_sync(vllm_server, cpu_config, tmp_path):
     # The last optimizer step has not been pushed yet; push it and the served log-probs move with the trainer.
     checked_sync()
     final_trainer, final_served = checks[-1][2], checks[-1][3]
-    torch.testing.assert_close(final_served, final_trainer, atol=ATOL, rtol=0)
+    assert_serves(final_served, final_trainer, stale=checks[-2][2], msg="served weights after the final sync")
     assert (final_served - served_initial).abs().max() > 4 * ATOL, "training did not move the served weights"
     print(f"[vllm] sync times (s): {[round(seconds, 3) for _, seconds, *_ in checks]}")
