@@ -78,21 +78,25 @@ def test_unreachable_server_fails_within_timeout(tiny_model_path, cpu_config):
     assert 2.0 <= time.monotonic() - start < 10  # waited the timeout, not much longer
 
 
-def test_unroutable_server_fails_within_timeout(tiny_model_path, cpu_config):
-    """An address that drops packets (TEST-NET-1) cannot hold the trainer past the timeout."""
-    args = cpu_config(
-        use_vllm=True,
-        vllm_mode="server",
-        vllm_weight_sync="disk",
-        vllm_server_base_url="http://192.0.2.1:8000",
-        vllm_server_timeout=2.0,
-    )
-    start = time.monotonic()
-    with pytest.raises(ConnectionError, match=r"192\.0\.2\.1:8000"):
-        AsymGRPOTrainer(
-            model=tiny_model_path, reward_funcs=toy_sum_reward, args=args, train_dataset=toy_sum_dataset(8)
+def test_hung_server_fails_within_timeout(tiny_model_path, cpu_config):
+    """A server that takes connections but never answers (on loopback) cannot hold the trainer past the timeout."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)  # the kernel completes connections; nothing ever reads or replies
+        port = hung.getsockname()[1]
+        args = cpu_config(
+            use_vllm=True,
+            vllm_mode="server",
+            vllm_weight_sync="disk",
+            vllm_server_base_url=f"http://127.0.0.1:{port}",
+            vllm_server_timeout=2.0,
         )
-    assert 2.0 <= time.monotonic() - start < 10  # waited the timeout, not much longer
+        start = time.monotonic()
+        with pytest.raises(ConnectionError, match=rf"127\.0\.0\.1:{port}"):
+            AsymGRPOTrainer(
+                model=tiny_model_path, reward_funcs=toy_sum_reward, args=args, train_dataset=toy_sum_dataset(8)
+            )
+        assert 2.0 <= time.monotonic() - start < 10  # waited the timeout, not much longer
 
 
 def test_weight_sync_config_errors(cpu_config):
