@@ -3,7 +3,7 @@
 # offline GPU box, whose image has Python 3.12, a CUDA build of torch, transformers 5.17, accelerate and peft (with
 # their own dependencies: numpy, huggingface_hub, tokenizers, safetensors, psutil, fsspec, jinja2, ...).
 # What TRL 1.16 needs beyond that, pinned, binary only, for x86-64 Linux; never torch. The project itself is not a
-# wheel: gpu_check.sh puts the repository on PYTHONPATH. About 45 MB (docs/gpu.md).
+# wheel: gpu_check.sh puts the repository on PYTHONPATH. 12 wheels, 54 MiB for Python 3.12 (docs/gpu.md).
 #   scripts/download_gpu_wheels.sh            # for Python 3.12
 #   PYTHON_VERSION=3.11 scripts/download_gpu_wheels.sh   # e.g. to rehearse on a machine with another Python
 set -euo pipefail

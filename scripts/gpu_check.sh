@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in one call, for an offline GPU box (docs/gpu.md): installs the wheels brought along in .whl/
-# (scripts/download_gpu_wheels.sh) into .whl/site -- only those whose package the image lacks, never torch -- then runs
+# (scripts/download_gpu_wheels.sh) into $TMPDIR/asym_trl_gpu_site -- only those whose package the image lacks, never
+# torch; nothing is written into the repository or the image -- then runs
 # benchmarks/gpu_check.py with the repository on PYTHONPATH. Results are written to OUT_DIR as they come: results.json,
 # results.md, log.txt. Stops after GPU_CHECK_TIMEOUT seconds (default 290), keeping what was written.
 #   scripts/gpu_check.sh OUT_DIR [--tiny] [--steps N] [--completion-length N]
@@ -9,7 +10,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:?usage: scripts/gpu_check.sh OUT_DIR [--tiny] [gpu_check.py options]}
 shift
 PYTHON=${PYTHON:-python3}
-SITE=$ROOT/.whl/site
+SITE=${TMPDIR:-/tmp}/asym_trl_gpu_site
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
@@ -30,7 +31,7 @@ PY
     if [[ -n $missing ]]; then
         echo "installing into $SITE: $(echo "$missing" | xargs -n1 basename | tr '\n' ' ')"
         # shellcheck disable=SC2086
-        "$PYTHON" -m pip install --quiet --no-index --no-deps --target "$SITE" $missing
+        "$PYTHON" -m pip install --quiet --upgrade --no-index --no-deps --target "$SITE" $missing
     fi
 fi
 
