@@ -201,6 +201,7 @@ def train(kind: str, opts, setup: dict, out_dir: Path, lora: bool) -> dict:
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    start_memory = torch.cuda.memory_allocated() / 2**30 if cuda else None  # the model, plus any leftover
     trainer = trainer_cls(
         model,
         reward_funcs=planted_reward,
@@ -216,6 +217,7 @@ def train(kind: str, opts, setup: dict, out_dir: Path, lora: bool) -> dict:
         "parameters": parameters,
         "step_times_s": step_times,
         "step_time_s": statistics.median(step_times[1:] or step_times),  # the first step warms up
+        "start_memory_gib": start_memory,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "mean_completion_length": statistics.mean(h["completions/mean_length"] for h in history),
         "zero_signal_share": statistics.mean(h["frac_reward_zero_std"] for h in history),
