@@ -1,6 +1,6 @@
 """Run 2 AsymGRPO steps and dump, per process, the gathered rewards and this process's advantages.
 
-Launched by tests/test_distributed.py with 1 process and with 2 (torchrun, gloo on CPU).
+Launched by tests/test_distributed.py with 1 process and with 2 (torchrun, gloo on CPU); record_fsdp.py builds on it.
 Usage: record_advantages.py OUT_DIR MODEL_DIR ESTIMATOR GLOBAL_BATCH
 """
 
@@ -41,8 +41,8 @@ class Recording(AsymGRPOTrainer):
         return out
 
 
-def main():
-    out_dir, model_dir, estimator, global_batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+def build_trainer(out_dir, model_dir, estimator, global_batch, trainer_cls=Recording) -> Recording:
+    """The trainer both scripts run: ``global_batch`` rollouts per step split over the processes, 2 steps."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args = AsymGRPOConfig(
         **cpu_run_kwargs(),
@@ -54,11 +54,20 @@ def main():
         max_steps=2,
         learning_rate=1e-3,
     )
-    trainer = Recording(model_dir, reward_funcs=position_reward, args=args, train_dataset=toy_sum_dataset(64))
-    trainer.train()
+    return trainer_cls(model_dir, reward_funcs=position_reward, args=args, train_dataset=toy_sum_dataset(64))
+
+
+def write_rank_json(out_dir, **record) -> None:
     state = PartialState()
     path = Path(out_dir) / f"rank{state.process_index}.json"
-    path.write_text(json.dumps({"world_size": state.num_processes, "records": trainer.records}))
+    path.write_text(json.dumps({"world_size": state.num_processes, **record}))
+
+
+def main():
+    out_dir, model_dir, estimator, global_batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    trainer = build_trainer(out_dir, model_dir, estimator, global_batch)
+    trainer.train()
+    write_rank_json(out_dir, records=trainer.records)
 
 
 if __name__ == "__main__":

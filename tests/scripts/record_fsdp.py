@@ -1,0 +1,96 @@
+"""2 AsymGRPO steps under any launcher; per process, what tests/test_fsdp.py compares across 1 process, DDP and FSDP2.
+
+Records the gathered rewards and local advantages (as record_advantages.py), how each parameter is held (a DTensor
+and its placements under FSDP2), the first step's loss and grad-norm, this process's local piece of every parameter
+after training, and the weights the disk weight sync to vLLM writes (through a stand-in for the server).
+Usage: record_fsdp.py OUT_DIR MODEL_DIR
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from record_advantages import Recording, build_trainer, write_rank_json
+from safetensors.torch import save_file
+from torch.distributed.tensor import DTensor
+
+from asym_trl.vllm_sync import DiskSyncVLLMGeneration
+
+GLOBAL_BATCH = 12  # 3 groups of 4 per step; under 2 processes the middle group spans both
+
+
+class NoServer:
+    """Stands in for the vLLM server: the sync writes its file, the reload requests go nowhere."""
+
+    def reload_weights(self, weights_path):
+        pass
+
+    def reset_prefix_cache(self):
+        pass
+
+
+class OfflineDiskSync(DiskSyncVLLMGeneration):
+    def _init_vllm(self):
+        self.vllm_client = NoServer()
+        self.weights_dir.mkdir(parents=True, exist_ok=True)
+
+
+class FSDPOnCPU(Recording):
+    """accelerate (1.15) honours FSDP only on accelerators: on CPU, a FSDP launch config with ``use_cpu: true`` trains
+    plain DDP (``MULTI_CPU``) without a word. Here the state is switched to FSDP once the Accelerator is built, so that
+    accelerate's own FSDP2 preparation (``fully_shard`` per transformer block) and TRL's FSDP2 code paths run on
+    gloo."""
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        state = self.accelerator.state
+
+        if state.distributed_type == DistributedType.MULTI_CPU and os.environ.get("ACCELERATE_USE_FSDP") == "true":
+            # AcceleratorState() copies PartialState's fields on every call: switch both
+            PartialState().distributed_type = state.distributed_type = DistributedType.FSDP
+            state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* variables
+            self.is_fsdp_enabled = True
+
+
+def local_piece(param: torch.Tensor) -> torch.Tensor:
+    return param.to_local() if isinstance(param, DTensor) else param
+
+
+def main():
+    out_dir, model_dir = Path(sys.argv[1]), sys.argv[2]
+    trainer = build_trainer(out_dir, model_dir, "asym", GLOBAL_BATCH, trainer_cls=FSDPOnCPU)
+    trainer.train()
+    first = next(h for h in trainer.state.log_history if "loss" in h)
+    named = list(trainer.model.named_parameters())
+    params = {
+        name: {
+            "type": type(p).__name__,
+            "placements": [str(x) for x in p.placements] if isinstance(p, DTensor) else [],
+            "shape": list(p.shape),
+            "local_shape": list(local_piece(p).shape),
+        }
+        for name, p in named
+    }
+    rank = trainer.accelerator.process_index
+    pieces = {name: local_piece(p).detach().cpu().contiguous() for name, p in named}
+    save_file(pieces, str(out_dir / f"pieces{rank}.safetensors"))
+
+    sync = OfflineDiskSync(
+        trainer.model, trainer.accelerator, trainer.processing_class, mode="server", weights_dir=out_dir / "sync"
+    )
+    sync.sync_weights()  # every process: the FSDP gathers inside are collective
+    write_rank_json(
+        out_dir,
+        distributed_type=str(trainer.accelerator.distributed_type),
+        records=trainer.records,
+        loss=first["loss"],
+        grad_norm=first["grad_norm"],
+        params=params,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The GPU check (scripts/gpu_check.sh -> benchmarks/gpu_check.py) runs on CPU with --tiny, so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "scripts" / "gpu_check.sh"
+
+
+def gpu_check(out_dir: Path, *options: str) -> tuple[subprocess.CompletedProcess, dict]:
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), str(out_dir), "--tiny", *options], env=env, capture_output=True, text=True, timeout=300
+    )
+    return proc, json.loads((out_dir / "results.json").read_text())["sections"]
+
+
+def test_tiny_run_reports_both_trainers_and_the_benchmark(tmp_path):
+    proc, sections = gpu_check(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert list(sections) == ["env", "advantages", "full", "lora"]
+    assert sections["env"]["tiny"] is True
+    assert set(sections["advantages"]["ms"]) >= {"TRL grpo", "asym", "ent_increase", "pass_at_k"}
+    assert all(ms > 0 for ms in sections["advantages"]["ms"].values())
+    for name in ("full", "lora"):
+        run = sections[name]
+        trl, asym = run["trl"], run["asym"]
+        assert "error" not in run
+        assert len(trl["step_times_s"]) == len(asym["step_times_s"]) == 3
+        assert run["step_time_ratio"] == pytest.approx(asym["step_time_s"] / trl["step_time_s"])
+        # same data and seed: both trainers saw the same planted groups, a mix with and without signal, and
+        # AsymGRPO's own all-/none-solved count agrees with TRL's zero-std share
+        assert 0 < trl["zero_signal_share"] == asym["zero_signal_share"] < 1
+        assert asym["all_or_none_solved"] == pytest.approx(asym["zero_signal_share"])
+    assert sections["lora"]["asym"]["parameters"] == sections["full"]["asym"]["parameters"]  # the base model
+    table = (tmp_path / "results.md").read_text()
+    assert "| full |" in table and "| lora |" in table and "| asym |" in table
+    assert "[gpu_check" in (tmp_path / "log.txt").read_text()
+
+
+def test_a_failing_section_keeps_the_others(tmp_path):
+    proc, sections = gpu_check(tmp_path, "--completion-length", "0")  # generation refuses 0 new tokens
+    assert proc.returncode == 1
+    assert "ms" in sections["advantages"] and "error" not in sections["advantages"]
+    assert "max_new_tokens" in sections["full"]["error"] and "max_new_tokens" in sections["lora"]["error"]
+    assert "error:" in (tmp_path / "results.md").read_text()
