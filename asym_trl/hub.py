@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .recipes import RESOLVED_RECIPE_FILE, load_recipe, parse_args
+
 CARD_FILE = "README.md"
 EVAL_RESULTS_FILE = "eval_results.json"
 BEST_DIR = "best"
@@ -155,8 +157,6 @@ def _card_settings(script_args, training_args) -> dict[str, Any]:
 
 def write_model_card(output_dir: str | Path, eval_results: str | Path | None = None) -> Path:
     """Write `README.md` of a run directory from its `recipe.yaml` (and evaluation results, if any)."""
-    from .train import RESOLVED_RECIPE_FILE, parse_args
-
     output_dir = Path(output_dir)
     recipe_path = output_dir / RESOLVED_RECIPE_FILE
     if not recipe_path.is_file():
@@ -283,8 +283,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model card written to {card}")
         if opts.card_only:
             return 0
-        from .train import RESOLVED_RECIPE_FILE, load_recipe
-
         hub_model_id = opts.hub_model_id or load_recipe(Path(opts.output_dir) / RESOLVED_RECIPE_FILE).get(
             "hub_model_id"
         )
