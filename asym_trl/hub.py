@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .estimators import get_estimator
 from .recipes import RESOLVED_RECIPE_FILE, load_recipe, parse_args
 
 CARD_FILE = "README.md"
@@ -29,8 +30,6 @@ BEST_DIR = "best"
 RUN_RECORDS = ("README.md", "recipe.yaml", "validation.jsonl", EVAL_RESULTS_FILE)  # pushed beside the model
 _NOT_MODEL = ("checkpoint-", "runs", "wandb", BEST_DIR, *RUN_RECORDS)
 PAPER = "Rethinking Exploration in RLVR: Bidirectional Entropy Modulation (AsymGRPO)"
-# Estimators whose advantages depend on (beta_pos, beta_neg).
-_BETA_ESTIMATORS = {"asym", "reinforce", "grpo", "pos_only", "neg_only", "ent_decrease", "ent_increase"}
 
 
 class HubPushError(RuntimeError):
@@ -81,7 +80,7 @@ def render_model_card(
     )
     betas = (
         f"beta_pos = {beta_pos}, beta_neg = {beta_neg}"
-        if estimator in _BETA_ESTIMATORS
+        if get_estimator(estimator).uses_betas
         else "beta_pos / beta_neg: not used by this estimator"
     )
     rows = "\n".join(f"| `{key}` | `{value}` |" for key, value in (settings or {}).items())
@@ -146,7 +145,7 @@ def _card_settings(script_args, training_args) -> dict[str, Any]:
         keys += ["entropy_coef", "entropy_scope"]
     if ta.entropy_adv_alpha:
         keys += ["entropy_adv_alpha", "entropy_adv_kappa"]
-    if ta.advantage_estimator == "pass_at_k":
+    if "pass_at_k" in get_estimator(ta.advantage_estimator).params:
         keys.append("pass_at_k")
     settings = {key: getattr(ta, key) for key in keys}
     if settings["epsilon_high"] is None:

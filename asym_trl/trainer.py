@@ -8,8 +8,9 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
 from . import diagnostics as diag
-from .advantages import ADVANTAGE_ESTIMATORS, entropy_shaped_advantages
+from .advantages import entropy_shaped_advantages
 from .config import AsymGRPOConfig
+from .estimators import ESTIMATOR_PARAMS, get_estimator
 from .rewards import REWARD_FUNCS
 from .vllm_sync import disk_weight_sync
 
@@ -76,7 +77,7 @@ class AsymGRPOTrainer(GRPOTrainer):
     def _resolve_success_func(self) -> int | None:
         """Column of the reward that decides success; None = TRL's weighted sum (dr_grpo, or 'weighted_sum')."""
         name = self.args.success_reward_func
-        if self.args.advantage_estimator == "dr_grpo" or name == "weighted_sum":
+        if not get_estimator(self.args.advantage_estimator).uses_success or name == "weighted_sum":
             return None
         if name is None:
             return 0  # the only reward function, unweighted
@@ -110,13 +111,8 @@ class AsymGRPOTrainer(GRPOTrainer):
 
         rewards = self._estimator_rewards(self._gathered_rewards_per_func)
         grouped = rewards.view(-1, num_generations)
-        advantages = ADVANTAGE_ESTIMATORS[args.advantage_estimator](
-            grouped,
-            beta_pos=args.beta_pos,
-            beta_neg=args.beta_neg,
-            success_threshold=args.success_threshold,
-            pass_at_k=min(args.pass_at_k, num_generations),
-        ).reshape(-1)
+        params = {name: getattr(args, name) for name in ESTIMATOR_PARAMS}
+        advantages = get_estimator(args.advantage_estimator)(grouped, **params).reshape(-1)
         success = rewards >= args.success_threshold  # NaN compares False
 
         local = slice(self.accelerator.process_index * len(inputs), (self.accelerator.process_index + 1) * len(inputs))

@@ -11,15 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asym_trl.advantages import (
-    ADVANTAGE_ESTIMATORS,
     asym_advantages,
-    compute_advantages,
     dr_grpo_advantages,
     ent_decrease_advantages,
     ent_increase_advantages,
     entropy_shaped_advantages,
     pass_at_k_advantages,
 )
+from asym_trl.estimators import ADVANTAGE_ESTIMATORS, compute_advantages
 
 GROUP_SIZES = range(2, 65)
 
