@@ -27,7 +27,8 @@ from urllib.parse import urlparse
 import requests
 import torch
 from trl.generation.vllm_client import VLLMClient
-from trl.generation.vllm_generation import VLLMGeneration
+
+from .trl_compat import VLLMGenerationHooks, swap_vllm_generation
 
 __all__ = [
     "WEIGHT_SYNC_MODES",
@@ -132,7 +133,7 @@ class DiskSyncClient(VLLMClient):
             )
 
 
-class DiskSyncVLLMGeneration(VLLMGeneration):
+class DiskSyncVLLMGeneration(VLLMGenerationHooks):
     """TRL's server-mode ``VLLMGeneration`` whose ``sync_weights`` goes through ``weights_dir`` (see module doc)."""
 
     def __init__(self, *args, weights_dir: str | os.PathLike, **kwargs):
@@ -140,7 +141,7 @@ class DiskSyncVLLMGeneration(VLLMGeneration):
         self.last_sync_seconds = None  # wall time of the latest sync, main process
         super().__init__(*args, **kwargs)
 
-    def _init_vllm(self):
+    def init_engine(self):
         if self.mode != "server":
             raise ValueError(f"vllm_weight_sync='disk' needs vllm_mode='server', got {self.mode!r}")
         if self.accelerator.is_main_process:
@@ -155,7 +156,7 @@ class DiskSyncVLLMGeneration(VLLMGeneration):
         start = time.perf_counter()
         is_main = self.accelerator.is_main_process
         state = {}
-        for name, tensor in self._iter_named_params():  # every process: the gathers inside are collective
+        for name, tensor in self.iter_named_params():  # every process: the gathers inside are collective
             if is_main:
                 state[name] = tensor.detach().to("cpu", copy=True).contiguous()
         if is_main:
@@ -186,15 +187,9 @@ def disk_weight_sync(config):
         return
     import functools
 
-    import trl.trainer.grpo_trainer as grpo_module
-
     weights_dir = config.vllm_weight_sync_dir or os.path.join(config.output_dir, "vllm-weights")
-    original = grpo_module.VLLMGeneration
-    grpo_module.VLLMGeneration = functools.partial(DiskSyncVLLMGeneration, weights_dir=weights_dir)
-    try:
+    with swap_vllm_generation(functools.partial(DiskSyncVLLMGeneration, weights_dir=weights_dir)):
         yield
-    finally:
-        grpo_module.VLLMGeneration = original
 
 
 def served_logprobs(base_url: str, token_ids: list[int], timeout: float = 60.0) -> torch.Tensor:
