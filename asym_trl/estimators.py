@@ -165,20 +165,17 @@ for _preset, (_pos, _neg) in BETA_PRESETS.items():  # the named members of the E
     register_estimator(
         _preset, params=_BETA_FAMILY, fixed={"beta_pos": _pos, "beta_neg": _neg}, description="Eq. 10 preset"
     )(asym_advantages)
-register_estimator(
-    "ent_decrease",
-    params=_BETA_FAMILY,
-    defaults={"beta_pos": 0.5, "beta_neg": 0.5},
-    min_group_size=2,
-    description="flipped positive curve, App. D",
-)(ent_decrease_advantages)
-register_estimator(
-    "ent_increase",
-    params=_BETA_FAMILY,
-    defaults={"beta_pos": 0.5, "beta_neg": 0.5},
-    min_group_size=2,
-    description="flipped negative curve, App. D",
-)(ent_increase_advantages)
+for _name, _fn, _curve in (
+    ("ent_decrease", ent_decrease_advantages, "positive"),
+    ("ent_increase", ent_increase_advantages, "negative"),
+):
+    register_estimator(
+        _name,
+        params=_BETA_FAMILY,
+        defaults={"beta_pos": 0.5, "beta_neg": 0.5},
+        min_group_size=2,
+        description=f"flipped {_curve} curve, App. D",
+    )(_fn)
 
 
 @register_estimator("pass_at_k", params=("pass_at_k", "success_threshold"), description="Chen et al. 2025")
