@@ -1,4 +1,5 @@
 # Two entry points (see README): `make quickstart` and `make test`. Both create .venv on first use.
+# Habits: `make lint` (ruff check + format check) and `make test-fast` (the suite without the slow tests).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,4 +23,11 @@ test: venv
 	# one torch thread per process: tiny models, and the multi-process tests share the 2 cores
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
-.PHONY: venv quickstart test
+test-fast: venv
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+.PHONY: venv quickstart test test-fast lint

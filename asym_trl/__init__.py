@@ -7,9 +7,10 @@ no TRL) does not pull in the trainer.
 import importlib
 
 _EXPORTS = {
-    "ADVANTAGE_ESTIMATORS": ".advantages",
+    "ADVANTAGE_ESTIMATORS": ".estimators",
     "BETA_PRESETS": ".advantages",
-    "compute_advantages": ".advantages",
+    "compute_advantages": ".estimators",
+    "register_estimator": ".estimators",
     "AsymGRPOConfig": ".config",
     "AsymGRPOTrainer": ".trainer",
 }

@@ -17,21 +17,18 @@ Python loop over groups.  Conventions shared by all of them:
   is masked away, never special-cased by value.  So REINFORCE (beta = 0) keeps +-1 in
   all-right and all-wrong groups (0**0 = 1), while any beta > 0 gives 0 there.
 
-``ADVANTAGE_ESTIMATORS`` is the registry used by :class:`asym_trl.AsymGRPOConfig`.
+The registry that names them for configs, recipes and the trainer is :mod:`asym_trl.estimators`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
 __all__ = [
-    "ADVANTAGE_ESTIMATORS",
     "BETA_PRESETS",
     "asym_advantages",
-    "compute_advantages",
     "dr_grpo_advantages",
     "ent_decrease_advantages",
     "ent_increase_advantages",
@@ -207,69 +204,3 @@ def entropy_shaped_advantages(
     a = advantages.unsqueeze(1)
     bonus = torch.minimum(alpha * entropies.detach(), a.abs() / kappa)
     return a + bonus
-
-
-def _asym_entry(rewards, *, beta_pos, beta_neg, success_threshold, **_):
-    return asym_advantages(rewards, beta_pos, beta_neg, success_threshold)
-
-
-def _ent_decrease_entry(rewards, *, beta_pos, beta_neg, success_threshold, **_):
-    return ent_decrease_advantages(rewards, beta_pos, beta_neg, success_threshold)
-
-
-def _ent_increase_entry(rewards, *, beta_pos, beta_neg, success_threshold, **_):
-    return ent_increase_advantages(rewards, beta_pos, beta_neg, success_threshold)
-
-
-def _pass_at_k_entry(rewards, *, pass_at_k, success_threshold, **_):
-    return pass_at_k_advantages(rewards, pass_at_k, success_threshold)
-
-
-def _dr_grpo_entry(rewards, **_):
-    return dr_grpo_advantages(rewards)
-
-
-# name -> fn(rewards (M, G), **params) -> advantages (M, G).  The beta presets share the
-# "asym" entry; their betas are filled in by AsymGRPOConfig from BETA_PRESETS.
-ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {
-    "asym": _asym_entry,
-    **{name: _asym_entry for name in BETA_PRESETS},
-    "ent_decrease": _ent_decrease_entry,
-    "ent_increase": _ent_increase_entry,
-    "pass_at_k": _pass_at_k_entry,
-    "dr_grpo": _dr_grpo_entry,
-}
-
-
-def compute_advantages(
-    rewards: torch.Tensor,
-    num_generations: int,
-    estimator: str = "asym",
-    *,
-    beta_pos: float | None = None,
-    beta_neg: float | None = None,
-    success_threshold: float = 1.0,
-    pass_at_k: int = 5,
-) -> torch.Tensor:
-    """Flat ``(N,)`` rewards in TRL's order (each prompt's G rollouts consecutive) -> ``(N,)`` advantages.
-
-    ``beta_pos``/``beta_neg`` default to the estimator's preset (``asym``: the paper's 0.9/0.4;
-    flipped variants: 0.5/0.5).
-    """
-    if estimator not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {estimator!r}; choose one of {sorted(ADVANTAGE_ESTIMATORS)}")
-    if rewards.dim() != 1 or rewards.numel() % num_generations:
-        raise ValueError(
-            f"rewards must be a flat tensor whose length is a multiple of num_generations={num_generations}, "
-            f"got shape {tuple(rewards.shape)}"
-        )
-    default_pos, default_neg = BETA_PRESETS.get(estimator, (0.9, 0.4) if estimator == "asym" else (0.5, 0.5))
-    grouped = rewards.view(-1, num_generations)
-    adv = ADVANTAGE_ESTIMATORS[estimator](
-        grouped,
-        beta_pos=default_pos if beta_pos is None else beta_pos,
-        beta_neg=default_neg if beta_neg is None else beta_neg,
-        success_threshold=success_threshold,
-        pass_at_k=pass_at_k,
-    )
-    return adv.reshape(-1)

@@ -7,13 +7,11 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .advantages import ADVANTAGE_ESTIMATORS, BETA_PRESETS
+from .estimators import BETAS, estimator_names, get_estimator
 from .vllm_sync import WEIGHT_SYNC_MODES, validate_weight_sync
 from .weight_check import SYNC_CHECK_MODES
 
 ENTROPY_SCOPES = ("all", "positive", "negative")
-# Estimators that read (beta_pos, beta_neg) and their defaults when neither is given.
-_BETA_DEFAULTS = {"asym": (0.9, 0.4), "ent_decrease": (0.5, 0.5), "ent_increase": (0.5, 0.5), **BETA_PRESETS}
 
 
 @dataclass
@@ -27,7 +25,8 @@ class AsymGRPOConfig(GRPOConfig):
             `"asym"` (Eq. 10 with `beta_pos`, `beta_neg`), its presets `"reinforce"` (0, 0), `"grpo"` (0.5, 0.5,
             the population std: TRL's own GRPO advantages are these times sqrt((G-1)/G)), `"pos_only"` (0.5, 0),
             `"neg_only"` (0, 0.5); the flipped curves `"ent_decrease"` / `"ent_increase"` (App. D); `"pass_at_k"`
-            (Chen et al. 2025) and `"dr_grpo"` (r - mean, no std).
+            (Chen et al. 2025) and `"dr_grpo"` (r - mean, no std); or an estimator of your own registered with
+            `asym_trl.register_estimator` (by name, or `"package.module:attribute"`; see `docs/estimators.md`).
         beta_pos (`float` or `None`, *optional*):
             Exponent on correct rollouts, >= 0. Defaults to the estimator's value (asym: 0.9; flipped: 0.5); a
             preset accepts only its own value.
@@ -88,7 +87,7 @@ class AsymGRPOConfig(GRPOConfig):
 
     advantage_estimator: str = field(
         default="asym",
-        metadata={"help": "Advantage estimator.", "choices": sorted(ADVANTAGE_ESTIMATORS)},
+        metadata={"help": "Advantage estimator.", "choices": estimator_names()},
     )
     beta_pos: float | None = field(default=None, metadata={"help": "Exponent on correct rollouts (Eq. 10)."})
     beta_neg: float | None = field(default=None, metadata={"help": "Exponent on incorrect rollouts (Eq. 10)."})
@@ -132,30 +131,27 @@ class AsymGRPOConfig(GRPOConfig):
         validate_weight_sync(self)
 
     def _validate_estimator(self):
-        est = self.advantage_estimator
-        if est not in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"advantage_estimator={est!r} is unknown; choose one of {sorted(ADVANTAGE_ESTIMATORS)}")
-        for name in ("beta_pos", "beta_neg"):
+        est = get_estimator(self.advantage_estimator)  # ValueError naming the choices for an unknown one
+        for name in BETAS:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}={value} is invalid: it must be a finite number >= 0")
-        if est in _BETA_DEFAULTS:
-            default_pos, default_neg = _BETA_DEFAULTS[est]
-            if est in BETA_PRESETS:
-                for name, want in (("beta_pos", default_pos), ("beta_neg", default_neg)):
-                    if getattr(self, name) not in (None, want):
-                        raise ValueError(
-                            f"{name}={getattr(self, name)} conflicts with advantage_estimator={est!r}, which fixes "
-                            f"{name}={want}; use advantage_estimator='asym' to set the betas freely"
-                        )
-            self.beta_pos = default_pos if self.beta_pos is None else float(self.beta_pos)
-            self.beta_neg = default_neg if self.beta_neg is None else float(self.beta_neg)
-        else:
-            for name in ("beta_pos", "beta_neg"):
-                if getattr(self, name) is not None:
-                    raise ValueError(f"{name} is not used by advantage_estimator={est!r}; remove it")
-        if est == "dr_grpo" and self.success_reward_func is not None:
-            raise ValueError("success_reward_func is not used by advantage_estimator='dr_grpo' (it uses raw rewards)")
+        for name in BETAS:
+            value = getattr(self, name)
+            if name not in est.params:
+                if value is not None:
+                    raise ValueError(f"{name} is not used by advantage_estimator={est.name!r}; remove it")
+                continue
+            if name in est.fixed and value not in (None, est.fixed[name]):
+                raise ValueError(
+                    f"{name}={value} conflicts with advantage_estimator={est.name!r}, which fixes "
+                    f"{name}={est.fixed[name]}; use advantage_estimator='asym' to set the betas freely"
+                )
+            setattr(self, name, est.defaults.get(name) if value is None else float(value))
+        if not est.uses_success and self.success_reward_func is not None:
+            raise ValueError(
+                f"success_reward_func is not used by advantage_estimator={est.name!r} (it uses raw rewards)"
+            )
         if not math.isfinite(self.success_threshold):
             raise ValueError(f"success_threshold={self.success_threshold} must be a finite number")
         if self.entropy_adv_alpha < 0 or not math.isfinite(self.entropy_adv_alpha):
@@ -180,7 +176,8 @@ class AsymGRPOConfig(GRPOConfig):
     def check_success_rule(self, num_reward_funcs: int):
         """With several reward functions, success must name its rule: accuracy + format summed and thresholded
         would count wrong boxed answers as successes."""
-        if num_reward_funcs > 1 and self.success_reward_func is None and self.advantage_estimator != "dr_grpo":
+        uses_success = get_estimator(self.advantage_estimator).uses_success
+        if num_reward_funcs > 1 and self.success_reward_func is None and uses_success:
             raise ValueError(
                 f"{num_reward_funcs} reward functions: set success_reward_func to the one that decides success "
                 "(e.g. 'accuracy'), or to 'weighted_sum' to threshold TRL's weighted sum at success_threshold"
@@ -188,15 +185,15 @@ class AsymGRPOConfig(GRPOConfig):
 
     def _validate_against_grpo(self):
         """Checks that need GRPOConfig's resolved fields."""
-        if self.advantage_estimator == "pass_at_k" and not (1 <= self.pass_at_k <= self.num_generations):
+        est = get_estimator(self.advantage_estimator)
+        if "pass_at_k" in est.params and not (1 <= self.pass_at_k <= self.num_generations):
             raise ValueError(
                 f"pass_at_k={self.pass_at_k} must satisfy 1 <= K <= num_generations={self.num_generations}"
             )
-        if self.advantage_estimator in ("ent_decrease", "ent_increase"):
-            for name in ("num_generations", "num_generations_eval"):
-                g = getattr(self, name)
-                if g is not None and g < 2:
-                    raise ValueError(f"{name}={g}: the flipped curves of App. D need a group size >= 2")
+        for name in ("num_generations", "num_generations_eval"):
+            g = getattr(self, name)
+            if g is not None and g < est.min_group_size:
+                raise ValueError(f"{name}={g}: {est.name} needs a group size >= {est.min_group_size}")
         if self.scale_rewards == "batch":
             raise ValueError(
                 "scale_rewards='batch' normalises TRL's own advantages, which advantage_estimator replaces; "

@@ -2,10 +2,10 @@
 
 Avg@k of a benchmark = mean over its problems of the fraction of ``k`` sampled completions whose last ``\\boxed{}``
 answer math-verify judges equal to the gold answer, in percent (paper: k=5 for MATH-500 and OlympiadBench, k=10 for
-AIME24/AIME25/AMC23, temperature 0.4, top-p 1.0).  A completion that cannot be scored (see
-:mod:`asym_trl.rewards`) counts as wrong and is reported in ``unscorable`` (gold does not parse) or ``unverifiable``
-(answer refused or verification timed out).  ``Avg.`` is the unweighted mean of the benchmark scores, as in the
-paper's Table 1.
+AIME24/AIME25/AMC23, temperature 0.4, top-p 1.0).  A completion that cannot be scored (see :mod:`asym_trl.rewards`)
+counts as wrong and is reported in ``unscorable`` (gold does not parse) or ``unverifiable`` (answer refused or
+verification timed out: :func:`asym_trl.verifier.is_unverifiable`).  ``Avg.`` is the unweighted mean of the
+benchmark scores, as in the paper's Table 1.
 
 Generation backends (all take conversational prompts and return ``n`` completions per prompt):
 
@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .data import BENCHMARKS, load_benchmark
 from .rewards import MathVerifier, score_completions
+from .verifier import NO_ANSWER, is_unverifiable
 
 __all__ = [
     "PAPER_K",
@@ -278,8 +279,8 @@ def evaluate_benchmark(
         avg_at_k=avg_at_k(correct),
         num_problems=len(prompts),
         unscorable=sum(r is None for r in rewards),
-        unverifiable=sum(s.startswith("refused:") or s in ("timeout", "error") for s in statuses),
-        no_answer=statuses.count("no_answer"),
+        unverifiable=sum(map(is_unverifiable, statuses)),
+        no_answer=statuses.count(NO_ANSWER),
         samples=samples,
     )
 

@@ -21,14 +21,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .estimators import get_estimator
+from .recipes import RESOLVED_RECIPE_FILE, load_recipe, parse_args
+
 CARD_FILE = "README.md"
 EVAL_RESULTS_FILE = "eval_results.json"
 BEST_DIR = "best"
 RUN_RECORDS = ("README.md", "recipe.yaml", "validation.jsonl", EVAL_RESULTS_FILE)  # pushed beside the model
 _NOT_MODEL = ("checkpoint-", "runs", "wandb", BEST_DIR, *RUN_RECORDS)
 PAPER = "Rethinking Exploration in RLVR: Bidirectional Entropy Modulation (AsymGRPO)"
-# Estimators whose advantages depend on (beta_pos, beta_neg).
-_BETA_ESTIMATORS = {"asym", "reinforce", "grpo", "pos_only", "neg_only", "ent_decrease", "ent_increase"}
 
 
 class HubPushError(RuntimeError):
@@ -79,7 +80,7 @@ def render_model_card(
     )
     betas = (
         f"beta_pos = {beta_pos}, beta_neg = {beta_neg}"
-        if estimator in _BETA_ESTIMATORS
+        if get_estimator(estimator).uses_betas
         else "beta_pos / beta_neg: not used by this estimator"
     )
     rows = "\n".join(f"| `{key}` | `{value}` |" for key, value in (settings or {}).items())
@@ -144,7 +145,7 @@ def _card_settings(script_args, training_args) -> dict[str, Any]:
         keys += ["entropy_coef", "entropy_scope"]
     if ta.entropy_adv_alpha:
         keys += ["entropy_adv_alpha", "entropy_adv_kappa"]
-    if ta.advantage_estimator == "pass_at_k":
+    if "pass_at_k" in get_estimator(ta.advantage_estimator).params:
         keys.append("pass_at_k")
     settings = {key: getattr(ta, key) for key in keys}
     if settings["epsilon_high"] is None:
@@ -155,8 +156,6 @@ def _card_settings(script_args, training_args) -> dict[str, Any]:
 
 def write_model_card(output_dir: str | Path, eval_results: str | Path | None = None) -> Path:
     """Write `README.md` of a run directory from its `recipe.yaml` (and evaluation results, if any)."""
-    from .train import RESOLVED_RECIPE_FILE, parse_args
-
     output_dir = Path(output_dir)
     recipe_path = output_dir / RESOLVED_RECIPE_FILE
     if not recipe_path.is_file():
@@ -283,8 +282,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model card written to {card}")
         if opts.card_only:
             return 0
-        from .train import RESOLVED_RECIPE_FILE, load_recipe
-
         hub_model_id = opts.hub_model_id or load_recipe(Path(opts.output_dir) / RESOLVED_RECIPE_FILE).get(
             "hub_model_id"
         )

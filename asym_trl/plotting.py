@@ -10,7 +10,8 @@
 (e) Cov(p) over the covariance window against group accuracy p (Fig. 1 c, App. B);
 (f) mean |advantage| on correct and incorrect rollouts (the reweighting of Fig. 1 a,b).
 
-A panel whose metrics a run did not log says so instead of staying blank.  The metric names are those
+A panel whose metrics a run did not log says so instead of staying blank.  :func:`plot_quickstart` draws the
+quickstart's before/after figure (``quickstart.png``).  The metric names are those
 written by :class:`asym_trl.AsymGRPOTrainer` (see ``docs/diagnostics.md``).
 """
 
@@ -22,7 +23,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["PANELS", "load_log_history", "make_figure", "plot_runs", "main"]
+__all__ = ["PANELS", "load_log_history", "make_figure", "plot_quickstart", "plot_runs", "main"]
 
 PANELS = (
     "(a) Policy entropy",
@@ -200,6 +201,44 @@ def plot_runs(
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=110)
     return output
+
+
+def plot_quickstart(run_dir: str | Path) -> Path:
+    """``quickstart.png`` in a run directory of ``asym_trl.quickstart``: training reward and entropy, held-out
+    accuracy, before vs after."""
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (e.g. Jupyter's) alone
+
+    run_dir = Path(run_dir)
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    train = [h for h in history if "reward" in h]
+    curve = [h for h in history if "heldout/sampled_accuracy" in h]
+    fig = Figure(figsize=(13, 3.6), layout="constrained")
+    axes = fig.subplots(1, 3)
+    ax = axes[0]
+    ax.plot([h["step"] for h in train], [h["reward"] for h in train], label="train reward (T=1)")
+    steps = [0] + [h["step"] for h in curve]
+    for key, label in [("sampled_accuracy", "held-out, sampled"), ("greedy_accuracy", "held-out, greedy")]:
+        ax.plot(steps, [summary["before"][key]] + [h[f"heldout/{key}"] for h in curve], "o-", label=label)
+    ax.set(xlabel="RL step", ylabel="accuracy", ylim=(0, 1), title="accuracy")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    ax.plot([h["step"] for h in train], [h["entropy"] for h in train], label="train rollouts")
+    for key, label in [("entropy_correct", "held-out, correct"), ("entropy_incorrect", "held-out, incorrect")]:
+        ax.plot(steps, [summary["before"][key]] + [h[f"heldout/{key}"] for h in curve], "o-", label=label)
+    ax.set(xlabel="RL step", ylabel="mean token entropy (nats)", title="entropy")
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    keys = ["greedy_accuracy", "sampled_accuracy", "all_solved", "none_solved"]
+    x = range(len(keys))
+    ax.bar([i - 0.2 for i in x], [summary["before"][k] for k in keys], width=0.4, label="after SFT")
+    ax.bar([i + 0.2 for i in x], [summary["after"][k] for k in keys], width=0.4, label="after AsymGRPO")
+    ax.set_xticks(list(x), ["greedy acc", "sampled acc", "all-solved", "none-solved"], fontsize=8)
+    ax.set(ylim=(0, 1), title=f"held-out ({summary['settings']['num_test']} problems)")
+    ax.legend(fontsize=8)
+    path = run_dir / "quickstart.png"
+    fig.savefig(path, dpi=100)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from .config import AsymGRPOConfig
-from .plotting import plot_runs
+from .plotting import plot_quickstart, plot_runs
 from .tiny import build_tiny_model, cpu_run_kwargs, last_digit_reward, last_digit_splits
 from .trainer import AsymGRPOTrainer
 
@@ -304,46 +304,9 @@ def run_quickstart(settings: QuickstartSettings, output_dir: str | Path, cache_d
         "after": after,
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_run(output_dir)
+    plot_quickstart(output_dir)
     plot_runs(output_dir, labels=[f"quickstart ({settings.advantage_estimator})"])  # -> diagnostics.png
     return summary
-
-
-def plot_run(run_dir: str | Path) -> Path:
-    """``quickstart.png`` in ``run_dir``: training reward and entropy, held-out accuracy, before vs after."""
-    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (e.g. Jupyter's) alone
-
-    run_dir = Path(run_dir)
-    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    train = [h for h in history if "reward" in h]
-    curve = [h for h in history if "heldout/sampled_accuracy" in h]
-    fig = Figure(figsize=(13, 3.6), layout="constrained")
-    axes = fig.subplots(1, 3)
-    ax = axes[0]
-    ax.plot([h["step"] for h in train], [h["reward"] for h in train], label="train reward (T=1)")
-    steps = [0] + [h["step"] for h in curve]
-    for key, label in [("sampled_accuracy", "held-out, sampled"), ("greedy_accuracy", "held-out, greedy")]:
-        ax.plot(steps, [summary["before"][key]] + [h[f"heldout/{key}"] for h in curve], "o-", label=label)
-    ax.set(xlabel="RL step", ylabel="accuracy", ylim=(0, 1), title="accuracy")
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    ax.plot([h["step"] for h in train], [h["entropy"] for h in train], label="train rollouts")
-    for key, label in [("entropy_correct", "held-out, correct"), ("entropy_incorrect", "held-out, incorrect")]:
-        ax.plot(steps, [summary["before"][key]] + [h[f"heldout/{key}"] for h in curve], "o-", label=label)
-    ax.set(xlabel="RL step", ylabel="mean token entropy (nats)", title="entropy")
-    ax.legend(fontsize=8)
-    ax = axes[2]
-    keys = ["greedy_accuracy", "sampled_accuracy", "all_solved", "none_solved"]
-    x = range(len(keys))
-    ax.bar([i - 0.2 for i in x], [summary["before"][k] for k in keys], width=0.4, label="after SFT")
-    ax.bar([i + 0.2 for i in x], [summary["after"][k] for k in keys], width=0.4, label="after AsymGRPO")
-    ax.set_xticks(list(x), ["greedy acc", "sampled acc", "all-solved", "none-solved"], fontsize=8)
-    ax.set(ylim=(0, 1), title=f"held-out ({summary['settings']['num_test']} problems)")
-    ax.legend(fontsize=8)
-    path = run_dir / "quickstart.png"
-    fig.savefig(path, dpi=100)
-    return path
 
 
 def format_summary(summary: dict) -> str:

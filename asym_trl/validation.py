@@ -5,7 +5,7 @@ completion per validation problem with the live policy every ``eval_steps`` opti
 accuracy reward, and
 
 - logs ``val/<benchmark>`` (accuracy in percent) and ``val/avg`` (their mean, the paper's "Avg. Val Acc") through
-  TRL's metrics (``trainer._metrics["train"]``), so they appear in the trainer's next log line / W&B (averaged if
+  TRL's train metrics, so they appear in the trainer's next log line / W&B (averaged if
   several validations fall in one logging interval; ``validation.jsonl`` has each);
 - tracks the step with the highest ``val/<select_on>`` (default ``math500``; the earliest step wins a tie) and saves
   that model to ``<output_dir>/best`` (with ``best.json``), recorded as ``state.best_metric`` /
@@ -32,6 +32,7 @@ from transformers import TrainerCallback
 
 from .evaluation import NON_THINKING, EvalSampling, TransformersGenerator
 from .rewards import score_completions
+from .trl_compat import fsdp_helper, greedy_vllm_sampling, last_loaded_step, metrics, set_last_loaded_step
 
 __all__ = ["ValidationCallback", "select_best"]
 
@@ -96,7 +97,7 @@ class ValidationCallback(TrainerCallback):
 
         trainer, args = self.trainer, self.trainer.args
         sampling = EvalSampling(temperature=0.0, max_new_tokens=self.max_new_tokens)
-        dist = getattr(trainer, "_dist", None)  # TRL's FSDP helper; FSDP v1 needs its full parameters to generate
+        dist = fsdp_helper(trainer)  # FSDP v1 needs its full parameters to generate
         with (
             unwrap_model_for_generation(  # as TRL's own generation: ZeRO-3 gather, gradient checkpointing off
                 trainer.model_wrapped,
@@ -129,21 +130,10 @@ class ValidationCallback(TrainerCallback):
 
         trainer = self.trainer
         generation, tokenizer = trainer.vllm_generation, trainer.processing_class
-        if trainer.state.global_step != trainer._last_loaded_step:
+        if trainer.state.global_step != last_loaded_step(trainer):
             with profiling_context(trainer, "sync_weights"):
                 generation.sync_weights()
-            trainer._last_loaded_step = trainer.state.global_step
-        greedy = {
-            "temperature": 0.0,
-            "top_p": 1.0,
-            "top_k": 0,
-            "min_p": 0.0,
-            "repetition_penalty": 1.0,
-            "max_completion_length": self.max_new_tokens,
-            "logprobs": None,
-            "structured_outputs_regex": None,
-            "generation_kwargs": {},
-        }
+            set_last_loaded_step(trainer, trainer.state.global_step)
         template_kwargs = getattr(trainer.args, "chat_template_kwargs", None)
         template_kwargs = NON_THINKING if template_kwargs is None else template_kwargs  # as TransformersGenerator
 
@@ -157,14 +147,8 @@ class ValidationCallback(TrainerCallback):
                 _, completion_ids, _, _ = generation.generate(prompts=prompt_ids, images=None, num_generations=1)
             return tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
 
-        saved = {key: getattr(generation, key) for key in greedy}
-        try:
-            for key, value in greedy.items():
-                setattr(generation, key, value)
+        with greedy_vllm_sampling(generation, self.max_new_tokens):
             yield generate
-        finally:
-            for key, value in saved.items():
-                setattr(generation, key, value)
 
     def _evaluate_benchmarks(self) -> dict[str, float]:
         """Global greedy accuracy (percent) per benchmark; runs on every process, in the same order."""
@@ -204,10 +188,10 @@ class ValidationCallback(TrainerCallback):
         record = {"step": state.global_step, **{f"val/{name}": score for name, score in scores.items()}}
         record["val/avg"] = sum(scores.values()) / len(scores)
         self.history.append(record)
-        metrics = self.trainer._metrics["train"]
+        train_metrics = metrics(self.trainer, "train")
         for key, value in record.items():
             if key != "step":
-                metrics[key].append(value)
+                train_metrics[key].append(value)
 
         # the best so far (restored on resume) against this step: the same as selecting over the whole history
         best = select_best([*([self.best] if self.best else []), (state.global_step, scores[self.select_on])])

@@ -33,8 +33,8 @@ from urllib.parse import urlparse
 import requests
 import torch
 from trl.generation.vllm_client import VLLMClient
-from trl.generation.vllm_generation import VLLMGeneration
 
+from .trl_compat import VLLMGenerationHooks, colocated_model, swap_vllm_generation
 from .vllm_worker import EXTENSION_CLS, RELOAD_METHOD, WEIGHT_SYNC_MODES, refresh_tied_layers
 from .weight_check import SYNC_CHECK_MODES, WeightSyncCheck, model_logprobs, probe_token_ids
 
@@ -196,7 +196,7 @@ class DiskSyncClient(VLLMClient):
         return response.json().get("results", [])
 
 
-class GuardedVLLMGeneration(VLLMGeneration):
+class GuardedVLLMGeneration(VLLMGenerationHooks):
     """TRL's ``VLLMGeneration`` whose ``sync_weights`` is followed by the end-to-end check of ``vllm_sync_check``.
 
     Colocated engines also get their tied layers refreshed after TRL's in-process ``load_weights`` (which runs no
@@ -218,7 +218,7 @@ class GuardedVLLMGeneration(VLLMGeneration):
         start = time.perf_counter()
         self._push_weights()
         if self.mode == "colocate":
-            refresh_tied_layers(self.llm.llm_engine.model_executor.driver_worker.model_runner.model)
+            refresh_tied_layers(colocated_model(self))
         self.last_sync_seconds = time.perf_counter() - start
         if self.sync_check.mode != "off":
             start = time.perf_counter()
@@ -268,7 +268,7 @@ class DiskSyncVLLMGeneration(GuardedVLLMGeneration):
         self.refreshed_layers = None  # what the server's workers answered to the latest reload
         super().__init__(*args, **kwargs)
 
-    def _init_vllm(self):
+    def init_engine(self):
         if self.mode != "server":
             raise ValueError(f"vllm_weight_sync='disk' needs vllm_mode='server', got {self.mode!r}")
         if self.accelerator.is_main_process:
@@ -281,7 +281,7 @@ class DiskSyncVLLMGeneration(GuardedVLLMGeneration):
 
         is_main = self.accelerator.is_main_process
         state = {}
-        for name, tensor in self._iter_named_params():  # every process: the gathers inside are collective
+        for name, tensor in self.iter_named_params():  # every process: the gathers inside are collective
             if is_main:
                 state[name] = tensor.detach().to("cpu", copy=True).contiguous()
         if is_main:
@@ -306,16 +306,10 @@ def vllm_generation_class(config):
     if not getattr(config, "use_vllm", False) or (config.vllm_sync_check == "off" and not disk):
         yield
         return
-    import trl.trainer.grpo_trainer as grpo_module
-
     if disk:
         weights_dir = config.vllm_weight_sync_dir or os.path.join(config.output_dir, "vllm-weights")
         cls = functools.partial(DiskSyncVLLMGeneration, weights_dir=weights_dir, sync_check=config.vllm_sync_check)
     else:
         cls = functools.partial(GuardedVLLMGeneration, sync_check=config.vllm_sync_check)
-    original = grpo_module.VLLMGeneration
-    grpo_module.VLLMGeneration = cls
-    try:
+    with swap_vllm_generation(cls):
         yield
-    finally:
-        grpo_module.VLLMGeneration = original

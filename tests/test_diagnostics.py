@@ -400,3 +400,28 @@ if __name__ == "__main__":  # one process of the 2-process test
             "metrics": diag_metrics(trainer.state.log_history),
         }
         Path(out_json).write_text(json.dumps(result))
+
+
+def test_a_resumed_run_logs_what_the_straight_run_logs(model_path, tmp_path):
+    """The epoch's group counts and the Cov(p) window are saved in checkpoints: resuming from step 2 of a 6-step run
+    (4 steps per epoch) logs the straight run's diagnostics, epoch-wise shares at step 4 included."""
+    common = dict(dataset_size=16, max_steps=6, save_strategy="steps", save_steps=2)
+    straight = run_scripted(model_path, tmp_path / "a", **common)
+    checkpoint = tmp_path / "a" / "checkpoint-2"
+    assert json.loads((checkpoint / "group_diagnostics.json").read_text())["cov_totals"] is not None
+
+    from asym_trl.tiny import toy_sum_dataset
+
+    resumed = AsymGRPOTrainer(
+        model=str(model_path),
+        reward_funcs=starts_with_seven,
+        args=make_config(tmp_path / "b", **{k: v for k, v in common.items() if k != "dataset_size"}),
+        train_dataset=toy_sum_dataset(16),
+        rollout_func=scripted_rollout,
+    )
+    resumed._scripted_generations = 1  # the script continues at generation 2, as in the straight run
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    want = {step: m for step, m in diag_metrics(straight.state.log_history).items() if step > 2}
+    got = {step: m for step, m in diag_metrics(resumed.state.log_history).items() if step > 2}
+    assert "groups/epoch_all_solved" in want[4] and "cov/p_1of4" in want[4]
+    _assert_same_metrics(want, got)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from asym_trl.train import RecipeError, batch_plan, describe_plan, load_recipe, main, parse_args, plan_for
+from asym_trl.recipes import RecipeError, batch_plan, describe_plan, load_recipe, parse_args, plan_for
+from asym_trl.train import main
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 QWEN3 = RECIPES / "qwen3-4b"

@@ -267,7 +267,8 @@ def test_real_data_rewards_and_greedy_validation(tiny_model_path, tmp_path):
 
 def test_registered_training_set_from_a_local_copy_with_system_prompt(tmp_path):
     """`dataset_name: math` + `dataset_data_files`: the GPU recipes' data on a machine without Hub access."""
-    from asym_trl.train import load_datasets, parse_args
+    from asym_trl.recipes import parse_args
+    from asym_trl.train import load_datasets
 
     copy = tmp_path / "math-train.jsonl"
     rows = [{"problem": f"What is {a} + {a}?", "solution": f"So it is $\\boxed{{{2 * a}}}$."} for a in range(5)]

@@ -1,13 +1,28 @@
-"""Guard: the private TRL pieces AsymGRPOTrainer relies on. If TRL changes them, fail here, loudly."""
+"""Guard: the private TRL pieces asym_trl relies on, all used through asym_trl.trl_compat. If TRL changes any of
+them, fail here, loudly; and no other module of the package may reach into TRL's privates."""
 
 from __future__ import annotations
 
 import inspect
+import re
+from pathlib import Path
 
 import trl
 from trl import GRPOTrainer
+from trl.generation.vllm_generation import VLLMGeneration
 
-from asym_trl import AsymGRPOTrainer
+from asym_trl import AsymGRPOTrainer, trl_compat
+from asym_trl.trl_compat import GRPOHooks, VLLMGenerationHooks
+
+PACKAGE = Path(trl_compat.__file__).parent
+# Every private TRL name asym_trl uses (all of them inside trl_compat.py).
+PRIVATE_METHODS = (
+    "_calculate_rewards",
+    "_generate_and_score_completions",
+    "_compute_loss",
+    "_get_per_token_logps_and_entropies",
+)
+PRIVATE_ATTRIBUTES = ("_metrics", "_logs", "_entropy_bonus_enabled", "_step", "_last_loaded_step", "_dist")
 
 
 def params(fn):
@@ -15,7 +30,7 @@ def params(fn):
 
 
 def test_trl_version_is_the_pinned_one():
-    assert trl.__version__ == "1.16.0", "asym_trl overrides private GRPOTrainer methods of trl 1.16.0; re-check them"
+    assert trl.__version__ == trl_compat.TRL_VERSION == "1.16.0", "private TRL methods are used: re-check them"
 
 
 def test_overridden_method_signatures():
@@ -33,17 +48,21 @@ def test_overridden_method_signatures():
     assert "compute_entropy" in logps
 
 
-def test_trainer_overrides_only_the_documented_methods():
-    own = {name for name, value in vars(AsymGRPOTrainer).items() if callable(value) and hasattr(GRPOTrainer, name)}
-    assert own == {
-        "__init__",
-        "_calculate_rewards",
-        "_generate_and_score_completions",
-        "_compute_loss",
-        "_get_per_token_logps_and_entropies",
-    }
-    for name in own - {"__init__"}:
-        assert f"``{name}``" in AsymGRPOTrainer.__doc__, f"{name} missing from the docstring's list of overrides"
+def test_only_the_hooks_class_overrides_private_methods():
+    own = {name for name, value in vars(GRPOHooks).items() if callable(value) and hasattr(GRPOTrainer, name)}
+    assert own == set(PRIVATE_METHODS)
+    for name in own:
+        assert f"``{name}``" in trl_compat.__doc__, f"{name} missing from trl_compat's list of overrides"
+    mine = {name for name, value in vars(AsymGRPOTrainer).items() if callable(value) and hasattr(GRPOTrainer, name)}
+    assert mine == {"__init__", "train"}  # public methods only
+
+
+def test_private_attributes_exist_on_a_trl_trainer():
+    src = inspect.getsource(GRPOTrainer)
+    for name in PRIVATE_ATTRIBUTES:
+        assert f"self.{name}" in src, f"GRPOTrainer no longer has {name}"
+    assert 'self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}' in src
+    assert '"advantages": deque(maxlen=args.generation_batch_size)' in src or "self._logs = {" in src
 
 
 def test_loss_reads_entropies_before_advantages_and_only_there():
@@ -53,6 +72,8 @@ def test_loss_reads_entropies_before_advantages_and_only_there():
     assert "self._entropy_bonus_enabled" in src and "current_gradient_accumulation_steps" in src
     full = inspect.getsource(GRPOTrainer)
     assert full.count("compute_entropy=True") == 1, "entropies are now computed outside the loss too"
+    for key in trl_compat.MODEL_INPUT_KEYS:
+        assert f'"{key}"' in src, f"TRL's loss no longer forwards {key}"
 
 
 def test_generate_and_score_facts_we_rely_on():
@@ -66,12 +87,40 @@ def test_generate_and_score_facts_we_rely_on():
     assert "rewards_per_func = gather(rewards_per_func)" in reward_src
 
 
+def test_generation_step_counter_and_vllm_sync_tag():
+    src = inspect.getsource(GRPOTrainer)
+    assert "self._step % generate_every == 0" in src or "self._step += 1" in src
+    assert "self._last_loaded_step = self.state.global_step" in src
+
+
 def test_vllm_generation_is_built_in_init_and_syncs_through_one_method():
     """asym_trl.vllm_sync swaps the VLLMGeneration class GRPOTrainer.__init__ builds (disk weight sync)."""
     import trl.trainer.grpo_trainer as grpo_module
 
     assert "VLLMGeneration(" in inspect.getsource(GRPOTrainer.__init__)
+    assert grpo_module.VLLMGeneration is VLLMGeneration
     assert callable(getattr(grpo_module.VLLMGeneration, "sync_weights", None))
+    assert params(VLLMGeneration._init_vllm) == ["self"] and params(VLLMGeneration._iter_named_params) == ["self"]
+    assert "self._init_vllm()" in inspect.getsource(VLLMGeneration.__init__)
+    assert set(vars(VLLMGenerationHooks)) >= {"_init_vllm", "init_engine", "iter_named_params"}
+    generate = inspect.getsource(VLLMGeneration)
+    for attribute in trl_compat._VLLM_SAMPLING_ATTRIBUTES:
+        assert f"self.{attribute}" in generate, f"VLLMGeneration no longer reads {attribute}"
+
+
+def test_no_private_trl_access_outside_trl_compat():
+    """A grep: outside trl_compat.py, no module names a private TRL method/attribute or TRL's VLLMGeneration."""
+    names = (*PRIVATE_METHODS, *PRIVATE_ATTRIBUTES, "_init_vllm", "_iter_named_params")
+    pattern = re.compile(r"\.(" + "|".join(re.escape(n) for n in names) + r")\b|trl\.generation\.vllm_generation")
+    found = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.name == "trl_compat.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if pattern.search(code) and "``" not in code:  # docstrings quote names in ``...``
+                found.append(f"{path.name}:{number}: {line.strip()}")
+    assert not found, "private TRL access outside asym_trl/trl_compat.py:\n" + "\n".join(found)
 
 
 def test_vllm_generation_attributes_the_sync_check_reads():
@@ -88,4 +137,3 @@ def test_vllm_generation_attributes_the_sync_check_reads():
     assert "self._iter_named_params()" in sync
     assert "self.llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights" in sync
     assert "self.base_url = " in inspect.getsource(VLLMClient.__init__)
-    assert callable(VLLMGeneration._init_vllm) and callable(VLLMGeneration._iter_named_params)

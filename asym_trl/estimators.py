@@ -1,0 +1,214 @@
+"""The registry of advantage estimators: each name with its function and the metadata every consumer reads.
+
+An estimator maps a ``(num_groups, G)`` tensor of rewards (``NaN`` = unscorable) to ``(num_groups, G)``
+advantages (the conventions of :mod:`asym_trl.advantages`).  :func:`register_estimator` records, beside the
+function, which config fields it reads and their defaults or fixed (preset) values.  One registry serves
+:class:`asym_trl.AsymGRPOConfig` (validation, defaults, CLI choices), :class:`asym_trl.AsymGRPOTrainer` (the call),
+``asym-trl train`` recipes and the model card (:mod:`asym_trl.hub`).  It is public: register your own and name it
+in a config or a recipe (``docs/estimators.md``)::
+
+    @register_estimator("clipped_asym", params=("beta_pos", "beta_neg", "success_threshold"), defaults=...)
+    def clipped_asym(rewards, *, beta_pos, beta_neg, success_threshold):
+        ...
+
+A recipe can also name an estimator by ``package.module:attribute`` (the registered object in that module): the
+module is imported, which registers it, as for ``reward_funcs``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import torch
+
+from .advantages import (
+    BETA_PRESETS,
+    asym_advantages,
+    dr_grpo_advantages,
+    ent_decrease_advantages,
+    ent_increase_advantages,
+    pass_at_k_advantages,
+)
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "ESTIMATOR_PARAMS",
+    "Estimator",
+    "compute_advantages",
+    "estimator_names",
+    "get_estimator",
+    "register_estimator",
+]
+
+# The config fields an estimator may read (AsymGRPOConfig fields of the same name).
+ESTIMATOR_PARAMS = ("beta_pos", "beta_neg", "success_threshold", "pass_at_k")
+BETAS = ("beta_pos", "beta_neg")
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A registered advantage estimator (see :func:`register_estimator`); calling it calls ``fn``."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    params: tuple[str, ...] = ()
+    defaults: dict[str, float] = field(default_factory=dict)
+    fixed: dict[str, float] = field(default_factory=dict)
+    uses_success: bool = True
+    min_group_size: int = 1
+    description: str = ""
+
+    @property
+    def uses_betas(self) -> bool:
+        return any(name in self.params for name in BETAS)
+
+    def __call__(self, rewards: torch.Tensor, **params) -> torch.Tensor:
+        """``fn(rewards, **params)`` with the parameters it reads (the others are ignored)."""
+        return self.fn(rewards, **{name: params[name] for name in self.params})
+
+
+_REGISTRY: dict[str, Estimator] = {}
+ADVANTAGE_ESTIMATORS = MappingProxyType(_REGISTRY)  # name -> Estimator, read-only view
+
+
+def register_estimator(
+    name: str,
+    *,
+    params: Sequence[str] = (),
+    defaults: dict[str, float] | None = None,
+    fixed: dict[str, float] | None = None,
+    uses_success: bool = True,
+    min_group_size: int = 1,
+    description: str = "",
+    fn: Callable[..., torch.Tensor] | None = None,
+):
+    """Register ``fn(rewards, **params) -> advantages`` under ``name``; usable as a decorator (returns the Estimator).
+
+    Args:
+        params: the config fields it reads, among ``beta_pos``, ``beta_neg``, ``success_threshold``, ``pass_at_k``;
+            it is called with exactly these as keywords.  A config that sets a beta it does not read is rejected.
+        defaults: values of ``params`` used when the config leaves them unset (the betas default to ``None``).
+        fixed: values a preset pins (the config accepts only these, or unset).
+        uses_success: ``False`` for an estimator of raw reward values (``dr_grpo``): it works on TRL's weighted sum
+            of the reward functions and ``success_reward_func`` does not apply.
+        min_group_size: the smallest ``num_generations`` it is defined for.
+    """
+    unknown = set(params) - set(ESTIMATOR_PARAMS)
+    if unknown:
+        raise ValueError(f"estimator {name!r}: unknown params {sorted(unknown)}; choose from {list(ESTIMATOR_PARAMS)}")
+    values = {**(defaults or {}), **(fixed or {})}
+    if set(values) - set(params):
+        raise ValueError(f"estimator {name!r}: defaults/fixed {sorted(set(values) - set(params))} are not in params")
+
+    def register(func: Callable[..., torch.Tensor]) -> Estimator:
+        estimator = Estimator(
+            name=name,
+            fn=func,
+            params=tuple(params),
+            defaults={**(defaults or {}), **(fixed or {})},
+            fixed=dict(fixed or {}),
+            uses_success=uses_success,
+            min_group_size=min_group_size,
+            description=description,
+        )
+        _REGISTRY[name] = estimator
+        return estimator
+
+    return register if fn is None else register(fn)
+
+
+def get_estimator(name: str) -> Estimator:
+    """The estimator registered as ``name``, or the one a ``package.module:attribute`` spec names (imported)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            found = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"advantage_estimator={name!r}: cannot import it ({e})") from e
+        if not isinstance(found, Estimator):
+            raise ValueError(f"advantage_estimator={name!r} is not a registered estimator (use @register_estimator)")
+        return found
+    raise ValueError(f"advantage_estimator={name!r} is unknown; choose one of {sorted(_REGISTRY)}")
+
+
+class _EstimatorNames(Sequence):
+    """The registered names, sorted, read at each use (so estimators registered later are valid CLI choices);
+    a ``module:attribute`` spec is accepted too."""
+
+    def __getitem__(self, index):
+        return sorted(_REGISTRY)[index]
+
+    def __len__(self) -> int:
+        return len(_REGISTRY)
+
+    def __contains__(self, name) -> bool:
+        return name in _REGISTRY or (isinstance(name, str) and ":" in name)
+
+
+def estimator_names() -> Sequence[str]:
+    """A live, sorted view of the registered names (argparse ``choices``)."""
+    return _EstimatorNames()
+
+
+# ------------------------------------------------------------------------------------------------ the paper's
+_BETA_FAMILY = ("beta_pos", "beta_neg", "success_threshold")
+
+register_estimator(
+    "asym", params=_BETA_FAMILY, defaults={"beta_pos": 0.9, "beta_neg": 0.4}, description="AsymGRPO, Eq. 10"
+)(asym_advantages)
+for _preset, (_pos, _neg) in BETA_PRESETS.items():  # the named members of the Eq. 10 family
+    register_estimator(
+        _preset, params=_BETA_FAMILY, fixed={"beta_pos": _pos, "beta_neg": _neg}, description="Eq. 10 preset"
+    )(asym_advantages)
+for _name, _fn, _curve in (
+    ("ent_decrease", ent_decrease_advantages, "positive"),
+    ("ent_increase", ent_increase_advantages, "negative"),
+):
+    register_estimator(
+        _name,
+        params=_BETA_FAMILY,
+        defaults={"beta_pos": 0.5, "beta_neg": 0.5},
+        min_group_size=2,
+        description=f"flipped {_curve} curve, App. D",
+    )(_fn)
+
+
+@register_estimator("pass_at_k", params=("pass_at_k", "success_threshold"), description="Chen et al. 2025")
+def _pass_at_k(rewards, *, pass_at_k, success_threshold):
+    return pass_at_k_advantages(rewards, pass_at_k, success_threshold)
+
+
+register_estimator("dr_grpo", uses_success=False, description="r - mean(r), Liu et al. 2025")(dr_grpo_advantages)
+
+
+def compute_advantages(
+    rewards: torch.Tensor,
+    num_generations: int,
+    estimator: str = "asym",
+    *,
+    beta_pos: float | None = None,
+    beta_neg: float | None = None,
+    success_threshold: float = 1.0,
+    pass_at_k: int = 5,
+) -> torch.Tensor:
+    """Flat ``(N,)`` rewards in TRL's order (each prompt's G rollouts consecutive) -> ``(N,)`` advantages.
+
+    ``beta_pos``/``beta_neg`` default to the estimator's value (``asym``: the paper's 0.9/0.4; presets: theirs;
+    flipped variants: 0.5/0.5).
+    """
+    if estimator not in estimator_names():
+        raise ValueError(f"unknown advantage estimator {estimator!r}; choose one of {sorted(_REGISTRY)}")
+    est = get_estimator(estimator)
+    if rewards.dim() != 1 or rewards.numel() % num_generations:
+        raise ValueError(
+            f"rewards must be a flat tensor whose length is a multiple of num_generations={num_generations}, "
+            f"got shape {tuple(rewards.shape)}"
+        )
+    given = dict(beta_pos=beta_pos, beta_neg=beta_neg, success_threshold=success_threshold, pass_at_k=pass_at_k)
+    params = {k: est.defaults.get(k) if v is None else v for k, v in given.items()}
+    return est(rewards.view(-1, num_generations), **params).reshape(-1)

@@ -1,0 +1,198 @@
+"""GroupDiagnostics: the paper's entropy-refinement diagnostics of a training run, as one stateful callback.
+
+:class:`asym_trl.AsymGRPOTrainer` feeds it three events -- a scored generation batch (:meth:`on_generation`), a
+loss micro-batch with the token statistics TRL computed for it (:meth:`on_loss_micro_batch`) and, as a
+``TrainerCallback``, the end of each optimizer step -- and it logs through TRL's metrics (names in
+``docs/diagnostics.md``; the math is :mod:`asym_trl.diagnostics`).  It owns all its state.  The state that spans
+steps (the epoch's group counts, the Cov(p) window) is written to ``group_diagnostics.json`` in every checkpoint
+and read back on resume, so a resumed run logs what the straight run logs.
+
+Every reduction runs on every process in the same order: the conditions depend only on global state (the step
+counters, the gathered rewards), never on local data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from trl.models.utils import disable_gradient_checkpointing
+
+from . import diagnostics as diag
+from .trl_compat import MODEL_INPUT_KEYS, TokenStats, metrics, micro_step
+
+STATE_FILE = "group_diagnostics.json"
+
+
+class GroupDiagnostics(TrainerCallback):
+    """Group shares, advantage and entropy split, Cov(p) and likelihood displacement of an AsymGRPO run."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.groups = {}  # mode -> global tensors of the latest generation batch
+        self.token_sums = {}  # mode -> entropy sums (correct / incorrect) of the current optimizer step
+        self.cov_records = []  # (rollout_index, Eq. 12 log-prob) from the first pass over a generation
+        self.cov_totals = None  # Eq. 14 (sums, counts) over the window
+        self.epoch_counts = torch.zeros(3, dtype=torch.long)  # all-solved, none-solved, scorable groups
+        self.displacement = []  # micro-batches of the optimizer step whose displacement is measured
+
+    # -- events ---------------------------------------------------------------------------------------------------
+    def on_generation(self, mode, rewards, advantages, success, num_generations):
+        """Group statistics of one generation batch, from the global (gathered) tensors: identical everywhere."""
+        valid = ~torch.isnan(rewards)
+        k, n = diag.group_counts(success.view(-1, num_generations), valid.view(-1, num_generations))
+        levels = diag.accuracy_levels(k, n, num_generations)
+        counts = diag.solve_counts(k, n)
+        logged = metrics(self.trainer, mode)
+        all_solved, none_solved = diag.ratio(counts[:2].double(), counts[2:].double().expand(2)).tolist()
+        logged["groups/all_solved"].append(all_solved)
+        logged["groups/none_solved"].append(none_solved)
+        width = len(str(num_generations))
+        for j, share in enumerate(diag.accuracy_histogram(levels, num_generations).tolist()):
+            logged[f"groups/p_{j:0{width}d}of{num_generations}"].append(share)
+        for name, value in diag.advantage_stats(advantages, success, valid).items():
+            logged[f"advantages/{name}"].append(value)
+        if mode == "train":
+            self.epoch_counts += counts.cpu()
+        self.groups[mode] = dict(
+            advantages=advantages,
+            success=success,
+            valid=valid,
+            levels=levels,
+            group_size=num_generations,
+            step=self.trainer.state.global_step,
+        )
+
+    def on_loss_micro_batch(self, inputs, stats: TokenStats):
+        """Token entropy on correct / incorrect rollouts, Cov(p) records and displacement inputs of a micro-batch."""
+        trainer = self.trainer
+        mode = "train" if trainer.model.training else "eval"
+        groups = self.groups.get(mode)
+        if groups is None or "rollout_index" not in inputs:
+            return
+        idx = inputs["rollout_index"]
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
+        correct, valid = groups["success"][idx], groups["valid"][idx]
+        sums = diag.split_token_sums(stats.entropies.detach(), mask, correct, valid & ~correct)
+        self.token_sums[mode] = sums + self.token_sums.get(mode, 0.0)
+        # One value per optimizer step: token-weighted over all its micro-batches and processes.
+        if mode == "eval" or trainer.accelerator.sync_gradients:
+            total = trainer.accelerator.reduce(self.token_sums.pop(mode), reduction="sum")
+            metrics(trainer, mode)["entropy/correct"].append(diag.ratio(total[0], total[1]).item())
+            metrics(trainer, mode)["entropy/incorrect"].append(diag.ratio(total[2], total[3]).item())
+        if mode != "train":
+            return
+        logps = stats.logps.detach()
+        self._record_covariance(inputs, idx, logps, mask, groups)
+        every = trainer.args.likelihood_displacement_steps
+        if every and (trainer.state.global_step + 1) % every == 0:  # the step this micro-batch belongs to
+            keys = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", *MODEL_INPUT_KEYS)
+            batch = {key: inputs.get(key) for key in keys}
+            self.displacement.append((batch, mask, correct, logps))  # logps: the policy before the update
+
+    def on_step_end(self, args, state, control, **kwargs):
+        """After each optimizer step, before logging: likelihood displacement; epoch-wise shares at an epoch end."""
+        if self.displacement:
+            self._measure_likelihood_displacement()
+        if float(state.epoch).is_integer() or state.global_step >= state.max_steps:
+            all_solved, none_solved, scored = self.epoch_counts.tolist()
+            if scored:
+                metrics(self.trainer, "train")["groups/epoch_all_solved"].append(all_solved / scored)
+                metrics(self.trainer, "train")["groups/epoch_none_solved"].append(none_solved / scored)
+                if args.logging_strategy != "no":
+                    control.should_log = True  # one log entry closes every epoch
+            self.epoch_counts.zero_()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer.save_state()  # trainer_state.json in output_dir, for `asym-trl plot` (main process only)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The state that spans optimizer steps (JSON; float64 sums round-trip exactly)."""
+        totals = None if self.cov_totals is None else [t.tolist() for t in self.cov_totals]
+        return {"epoch_counts": self.epoch_counts.tolist(), "cov_totals": totals}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch_counts = torch.tensor(state["epoch_counts"], dtype=torch.long)
+        totals = state["cov_totals"]
+        self.cov_totals = None if totals is None else tuple(torch.tensor(t, dtype=torch.float64) for t in totals)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:  # the state is global: identical on every process
+            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            with open(os.path.join(checkpoint, STATE_FILE), "w") as f:
+                json.dump(self.state_dict(), f)
+
+    def resume_from(self, checkpoint) -> None:
+        """Read the state saved in ``checkpoint`` (a path, or True: the last one in ``output_dir``), if any."""
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.trainer.args.output_dir)
+        path = os.path.join(checkpoint, STATE_FILE) if isinstance(checkpoint, (str, os.PathLike)) else None
+        if path is not None and os.path.isfile(path):
+            with open(path) as f:
+                self.load_state_dict(json.load(f))
+
+    # -- Cov(p) and likelihood displacement -----------------------------------------------------------------------
+    def _record_covariance(self, inputs, idx, logps, mask, groups):
+        """Eq. 12 log-probs of the sampling policy, kept on the first pass over a generation batch.
+
+        A group's rollouts are spread over micro-batches and processes, so they are collected by global
+        ``rollout_index`` and gathered once the first pass is complete.  The log-probs are those of the policy
+        that sampled: TRL's ``old_per_token_logps`` when it computed them at generation time, else the loss's
+        own (then no update has happened since the generation: that is when TRL skips them).
+        """
+        args = self.trainer.args
+        if groups["step"] >= args.cov_window_steps:
+            return
+        pass_step = micro_step(self.trainer) % (args.steps_per_generation * args.num_iterations)
+        if pass_step >= args.steps_per_generation:
+            return
+        old = inputs.get("old_per_token_logps")
+        self.cov_records.append((idx, diag.length_normalized_logps(logps if old is None else old, mask)))
+        if pass_step == args.steps_per_generation - 1:
+            self._finish_covariance(groups)
+
+    def _finish_covariance(self, groups):
+        accelerator = self.trainer.accelerator
+        idx = accelerator.gather(torch.cat([r[0] for r in self.cov_records]))
+        values = accelerator.gather(torch.cat([r[1] for r in self.cov_records]).float())
+        self.cov_records = []
+        size = groups["group_size"]
+        norm_logps = torch.full(groups["advantages"].shape, float("nan"), device=values.device)
+        norm_logps[idx] = values
+        valid = groups["valid"] & ~torch.isnan(norm_logps)
+        cov = diag.group_covariance(
+            norm_logps.view(-1, size), groups["advantages"].view(-1, size), valid.view(-1, size)
+        )
+        sums, counts = (t.cpu() for t in diag.covariance_level_sums(cov, groups["levels"], size))
+        if self.cov_totals is not None:
+            sums, counts = sums + self.cov_totals[0], counts + self.cov_totals[1]
+        self.cov_totals = (sums, counts)
+        means = diag.ratio(sums, counts)
+        width = len(str(size))
+        for j in range(1, size):  # levels 0 and G are 0 by construction
+            if counts[j] > 0:  # the running window average: the last value logged is Cov(p) over the window
+                metrics(self.trainer, "train")[f"cov/p_{j:0{width}d}of{size}"] = [means[j].item()]
+
+    def _measure_likelihood_displacement(self):
+        """E[log pi_new(y) - log pi_old(y)] over the correct rollouts of the step just taken (§3.1).
+
+        One no-grad forward per micro-batch of the step, on every process (sharded models need all ranks).
+        """
+        trainer = self.trainer
+        totals = 0.0
+        no_checkpointing = disable_gradient_checkpointing(trainer.model, trainer.args.gradient_checkpointing_kwargs)
+        with torch.no_grad(), no_checkpointing:
+            for batch, mask, correct, old_logps in self.displacement:
+                new_logps = trainer.policy_logps(trainer.model, batch)
+                totals = totals + diag.likelihood_displacement_sums(new_logps, old_logps, mask, correct)
+        self.displacement = []
+        totals = trainer.accelerator.reduce(totals, reduction="sum")
+        logged = metrics(trainer, "train")
+        logged["likelihood_displacement/correct"].append(diag.ratio(totals[0], totals[1]).item())
+        logged["likelihood_displacement/correct_per_token"].append(diag.ratio(totals[0], totals[2]).item())

@@ -1,0 +1,245 @@
+"""Every access asym_trl makes to TRL 1.16's private API, in one module (pinned by ``tests/test_trl_contract.py``).
+
+TRL has no hook for advantages or per-token loss inputs (upstream requests trl#4525, #7291), so some private
+methods and attributes must be used.  They are used here only, and turned into plain hooks and functions:
+
+* :class:`GRPOHooks` overrides four private ``GRPOTrainer`` methods and calls public hooks that
+  :class:`asym_trl.AsymGRPOTrainer` implements:
+
+  - ``_calculate_rewards`` -- keeps the rewards it returns (already gathered from all processes, global order);
+  - ``_generate_and_score_completions`` -- hands TRL's batch and those rewards to :meth:`GRPOHooks.rescore`;
+  - ``_compute_loss`` / ``_get_per_token_logps_and_entropies`` -- when :meth:`GRPOHooks.wants_token_stats`, the
+    loss runs inside a :class:`TokenStats` scope that records the per-token log-probs and entropies TRL computes
+    for it (and may reshape the advantages per token before TRL reads them); :meth:`GRPOHooks.finish_loss` then
+    sees them.  Otherwise TRL's loss runs untouched.
+
+* attributes: the metrics buffer ``_metrics``, the completions table ``_logs``, the entropy-bonus switch
+  ``_entropy_bonus_enabled``, the micro-step counter ``_step``, the vLLM sync tag ``_last_loaded_step``, the FSDP
+  helper ``_dist``; ``VLLMGeneration`` (its ``_init_vllm`` / ``_iter_named_params`` and sampling attributes) and the
+  module-level ``trl.trainer.grpo_trainer.VLLMGeneration`` that ``GRPOTrainer.__init__`` instantiates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from trl import GRPOTrainer
+from trl.generation.vllm_generation import VLLMGeneration
+
+__all__ = [
+    "MODEL_INPUT_KEYS",
+    "TRL_VERSION",
+    "GRPOHooks",
+    "TokenStats",
+    "VLLMGenerationHooks",
+    "colocated_model",
+    "disable_entropy_bonus",
+    "fsdp_helper",
+    "greedy_vllm_sampling",
+    "last_loaded_step",
+    "metrics",
+    "micro_step",
+    "replace_logged_advantages",
+    "set_last_loaded_step",
+    "swap_vllm_generation",
+]
+
+TRL_VERSION = "1.16.0"
+# Extra model inputs TRL's loss forwards to _get_per_token_logps_and_entropies (multimodal models).
+MODEL_INPUT_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+
+
+class TokenStats:
+    """The per-token log-probs and entropies of the policy that TRL computes inside one ``_compute_loss`` call.
+
+    ``inputs`` is a shallow copy of the micro-batch that TRL's loss reads (the buffered batch is reused when
+    ``num_iterations > 1``); ``shape_advantages(advantages, entropies)``, when given, replaces its advantages by
+    per-token ones as soon as the entropies exist, before TRL's loss reads them.
+    """
+
+    def __init__(self, inputs: dict, shape_advantages: Callable | None = None):
+        self.inputs = dict(inputs)
+        self.logps: torch.Tensor | None = None
+        self.entropies: torch.Tensor | None = None
+        self._shape_advantages = shape_advantages
+
+    def record(self, logps: torch.Tensor, entropies: torch.Tensor) -> None:
+        self.logps, self.entropies = logps, entropies
+        if self._shape_advantages is not None:
+            self.inputs["advantages"] = self._shape_advantages(self.inputs["advantages"], entropies)
+
+
+class GRPOHooks(GRPOTrainer):
+    """``GRPOTrainer`` whose private scoring and loss steps call the public hooks below (see the module doc)."""
+
+    _token_stats: TokenStats | None = None  # the scope of the loss being computed, if any
+
+    # -- hooks ----------------------------------------------------------------------------------------------------
+    def rescore(self, output: dict, inputs: list, rewards_per_func: torch.Tensor) -> dict:
+        """TRL's scored batch (this process's slice) and the gathered ``(N, num_funcs)`` rewards of all processes."""
+        return output
+
+    def wants_token_stats(self) -> bool:
+        return False
+
+    def shape_token_advantages(self) -> Callable | None:
+        """``fn(advantages, entropies) -> per-token advantages`` applied inside the loss, or None."""
+        return None
+
+    def finish_loss(self, loss: torch.Tensor, inputs: dict, stats: TokenStats) -> torch.Tensor:
+        return loss
+
+    def policy_logps(self, model, batch: dict) -> torch.Tensor:
+        """Per-token log-probs of ``batch``'s completions under ``model`` (TRL's forward, outside any loss scope)."""
+        completion_ids = batch["completion_ids"]
+        logps, _ = self._get_per_token_logps_and_entropies(
+            model,
+            torch.cat([batch["prompt_ids"], completion_ids], dim=1),
+            torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1),
+            completion_ids.size(1),
+            **{key: batch.get(key) for key in MODEL_INPUT_KEYS},
+        )[:2]
+        return logps
+
+    # -- TRL's private methods ------------------------------------------------------------------------------------
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._gathered_rewards_per_func = rewards_per_func
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        return self.rescore(output, inputs, self._gathered_rewards_per_func)
+
+    def _compute_loss(self, model, inputs):
+        if not self.wants_token_stats():
+            return super()._compute_loss(model, inputs)
+        with self._token_scope(inputs) as stats:
+            loss = super()._compute_loss(model, stats.inputs)
+        return self.finish_loss(loss, inputs, stats)
+
+    @contextlib.contextmanager
+    def _token_scope(self, inputs):
+        self._token_stats = TokenStats(inputs, self.shape_token_advantages())
+        try:
+            yield self._token_stats
+        finally:
+            self._token_stats = None
+
+    def _get_per_token_logps_and_entropies(self, *args, compute_entropy=False, **kwargs):
+        out = super()._get_per_token_logps_and_entropies(*args, compute_entropy=compute_entropy, **kwargs)
+        if compute_entropy and self._token_stats is not None:  # the policy forward of the loss in scope
+            self._token_stats.record(out[0], out[1])
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- trainer attributes
+def metrics(trainer, mode: str) -> dict[str, list]:
+    """TRL's metric buffer of ``mode`` (``"train"``/``"eval"``): ``name -> values``, averaged by ``log()``."""
+    return trainer._metrics[mode]
+
+
+def replace_logged_advantages(trainer, advantages: torch.Tensor) -> None:
+    """TRL appended its own advantages for all N rollouts to the completions table: put ``advantages`` instead."""
+    logged = trainer._logs["advantages"]
+    for _ in range(min(len(advantages), len(logged))):
+        logged.pop()
+    logged.extend(advantages.tolist())
+
+
+def disable_entropy_bonus(trainer) -> None:
+    """Switch TRL's own entropy bonus (every token) off."""
+    trainer._entropy_bonus_enabled = False
+
+
+def micro_step(trainer) -> int:
+    """TRL's count of micro-batches processed (it decides when to generate)."""
+    return trainer._step
+
+
+def last_loaded_step(trainer) -> int:
+    return trainer._last_loaded_step
+
+
+def set_last_loaded_step(trainer, step: int) -> None:
+    """Tag the vLLM weights as those of ``step`` (TRL then skips its own sync before the next rollout)."""
+    trainer._last_loaded_step = step
+
+
+def fsdp_helper(trainer):
+    """TRL's FSDP helper (``summon_full_params``), or None."""
+    return getattr(trainer, "_dist", None)
+
+
+# ---------------------------------------------------------------------------------------------------------- vLLM
+_VLLM_SAMPLING_ATTRIBUTES = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "max_completion_length",
+    "logprobs",
+    "structured_outputs_regex",
+    "generation_kwargs",
+)
+
+
+@contextlib.contextmanager
+def greedy_vllm_sampling(generation, max_tokens: int):
+    """``VLLMGeneration.generate`` reads its sampling settings from attributes: greedy with ``max_tokens`` (no
+    structured outputs, ``generation_kwargs`` or log-probs) for the duration, then put back."""
+    greedy = dict(zip(_VLLM_SAMPLING_ATTRIBUTES, (0.0, 1.0, 0, 0.0, 1.0, max_tokens, None, None, {}), strict=True))
+    saved = {key: getattr(generation, key) for key in greedy}
+    try:
+        for key, value in greedy.items():
+            setattr(generation, key, value)
+        yield generation
+    finally:
+        for key, value in saved.items():
+            setattr(generation, key, value)
+
+
+class VLLMGenerationHooks(VLLMGeneration):
+    """TRL's ``VLLMGeneration`` with its engine set-up as :meth:`init_engine` and its parameter walk public."""
+
+    def _init_vllm(self):
+        return self.init_engine()
+
+    def init_engine(self):
+        return super()._init_vllm()
+
+    def iter_named_params(self):
+        """TRL's walk over the full (ZeRO-3 / FSDP gathered, PEFT merged) parameters; collective."""
+        return self._iter_named_params()
+
+
+def colocated_model(generation):
+    """The model inside a colocated vLLM engine, by the path TRL's own colocate ``sync_weights`` loads into."""
+    return generation.llm.llm_engine.model_executor.driver_worker.model_runner.model
+
+
+@contextlib.contextmanager
+def swap_vllm_generation(factory):
+    """Make ``GRPOTrainer.__init__`` build ``factory(...)`` instead of ``VLLMGeneration`` for the duration."""
+    import trl.trainer.grpo_trainer as grpo_module
+
+    original = grpo_module.VLLMGeneration
+    grpo_module.VLLMGeneration = factory
+    try:
+        yield
+    finally:
+        grpo_module.VLLMGeneration = original
