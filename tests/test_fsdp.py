@@ -87,3 +87,8 @@ def test_fsdp2_shards_and_matches_ddp(tiny_model_path, tmp_path):
         assert torch.equal(tensor, torch.cat([pieces[0][name], pieces[1][name]])), name
         assert torch.allclose(tensor, ddp_synced[name], rtol=0, atol=WEIGHTS_ATOL), name
         assert not torch.equal(tensor, initial[name].detach()), name
+    # the library's sync check ran on every process (a collective forward of the sharded model) and found the served
+    # copy of the synced file equal to the sharded model, to float32 precision
+    for rank in fsdp:
+        (check,) = rank["sync_check"]
+        assert check["ok"] and check["gap"] < 1e-4, check
