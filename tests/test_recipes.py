@@ -106,6 +106,8 @@ def test_gpu_recipes_follow_the_paper_and_launch_setup(path):
     assert args.learning_rate == 2e-6 and args.num_generations == 8 and args.beta == 0.0
     assert args.loss_type == ("dr_grpo" if path.name == "dr-grpo.yaml" else "dapo")  # token-level otherwise
     assert args.use_vllm and args.vllm_mode == "server"
+    assert args.vllm_importance_sampling_correction is False  # verl ran without it: per-rollout |A| is beta's
+    assert args.delta == 3.0 and (args.epsilon_high or args.epsilon) <= 2  # verl dual-clip c = 3: exact while eps <= 2
     assert args.report_to == ["wandb"] and os.environ["WANDB_PROJECT"] == "asym-trl"
     assert args.push_to_hub and args.hub_model_id.endswith(path.stem)
     assert args.bf16 and model_args.dtype == "bfloat16"
