@@ -147,7 +147,10 @@ class GroupDiagnostics(TrainerCallback):
         own (then no update has happened since the generation: that is when TRL skips them).
         """
         args = self.trainer.args
-        if groups["step"] >= args.cov_window_steps:
+        rollout = diag.rollout_step(
+            groups["step"], args.gradient_accumulation_steps, args.steps_per_generation, args.num_iterations
+        )
+        if rollout >= args.cov_window_rollout_steps:
             return
         pass_step = micro_step(self.trainer) % (args.steps_per_generation * args.num_iterations)
         if pass_step >= args.steps_per_generation:

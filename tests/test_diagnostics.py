@@ -173,7 +173,7 @@ def make_config(output_dir, **overrides):
         temperature=1.0,
         max_steps=2,
         learning_rate=5e-3,
-        cov_window_steps=40,
+        cov_window_rollout_steps=40,
         likelihood_displacement_steps=1,
     )
     kwargs.update(overrides)
@@ -322,9 +322,25 @@ def test_covariance_uses_the_sampling_policy(model_path, tmp_path, split):
     assert {"entropy/correct", "likelihood_displacement/correct"} <= logged[1].keys() & logged[2].keys()
 
 
+def test_rollout_step_counts_the_papers_training_steps():
+    # Qwen3-4B recipe: GA 32, 64 micro-steps per generation -> 2 optimizer steps per rollout step
+    assert [diag.rollout_step(s, 32, 64, 1) for s in (0, 1, 2, 3, 79, 80)] == [0, 0, 1, 1, 39, 40]
+    assert [diag.rollout_step(s, 1, 2, 2) for s in (0, 3, 4)] == [0, 0, 1]  # num_iterations 2: 4 steps each
+
+
+def test_covariance_window_counts_rollout_steps(model_path, tmp_path):
+    """Two optimizer steps per generation, a window of 2 rollout steps: Cov(p) from the generations of optimizer
+    steps 0 and 2 (logged at the end of each generation's first pass, entries 2 and 4), none from step 4."""
+    trainer = run_scripted(
+        model_path, tmp_path / "out", max_steps=6, steps_per_generation=2, cov_window_rollout_steps=2
+    )
+    logged = diag_metrics(trainer.state.log_history)
+    assert [s for s in sorted(logged) if any(k.startswith("cov/") for k in logged[s])] == [2, 4]
+
+
 def test_covariance_window_and_displacement_period(model_path, tmp_path):
     trainer = run_scripted(
-        model_path, tmp_path / "out", max_steps=3, cov_window_steps=1, likelihood_displacement_steps=2
+        model_path, tmp_path / "out", max_steps=3, cov_window_rollout_steps=1, likelihood_displacement_steps=2
     )
     logged = diag_metrics(trainer.state.log_history)
     assert "cov/p_1of4" in logged[1] and not any(k.startswith("cov/") for k in logged[2] | logged[3])
@@ -354,8 +370,8 @@ def test_diagnostics_off_logs_nothing(model_path, tmp_path):
 
 
 def test_config_rejects_bad_diagnostics_settings(tmp_path):
-    with pytest.raises(ValueError, match="cov_window_steps"):
-        make_config(tmp_path, cov_window_steps=-1)
+    with pytest.raises(ValueError, match="cov_window_rollout_steps"):
+        make_config(tmp_path, cov_window_rollout_steps=-1)
     with pytest.raises(ValueError, match="needs log_diagnostics"):
         make_config(tmp_path, log_diagnostics=False, likelihood_displacement_steps=2)
 

@@ -123,7 +123,7 @@ def test_gpu_recipes_follow_the_paper_and_launch_setup(path):
     # Validation every 10 verl steps = 10 rollout steps, whatever TRL's optimizer steps per rollout are.
     plan = plan_for(args, resolved, script_args.num_processes)
     assert script_args.validation_steps == args.save_steps == 10 * plan.optimizer_steps_per_generation
-    assert args.cov_window_steps == 40 * plan.optimizer_steps_per_generation  # App. B: the first 40 rollout steps
+    assert args.cov_window_rollout_steps == 40  # App. B: the first 40 training (rollout) steps
     if "qwen3-4b" in path.parts:
         assert model_args.model_name_or_path == "Qwen/Qwen3-4B"
         assert args.chat_template_kwargs == {"enable_thinking": False}  # non-thinking mode
