@@ -70,10 +70,11 @@ class AsymGRPOConfig(GRPOConfig):
             Log the paper's entropy-refinement diagnostics through TRL's metrics (see `docs/diagnostics.md`): group
             all-/none-solved shares (per step and per epoch), the group-accuracy histogram, advantages and token
             entropy on correct vs incorrect rollouts, and Cov(p) (App. B).
-        cov_window_steps (`int`, *optional*, defaults to `40`):
-            Cov(p) (Eq. 12-14) is averaged over the generations of the first `cov_window_steps` optimizer steps
-            and no longer computed afterwards. 0 disables it. The paper uses its first 40 rollout steps: 40 x the
-            optimizer steps per generation.
+        cov_window_rollout_steps (`int`, *optional*, defaults to `40`):
+            Cov(p) (Eq. 12-14) is averaged over the first `cov_window_rollout_steps` rollout steps (generation
+            batches: the paper's "training steps", each `steps_per_generation x num_iterations /
+            gradient_accumulation_steps` optimizer steps) and no longer computed afterwards. 0 disables it. The
+            default is the paper's (App. B: the first 40 training steps).
         likelihood_displacement_steps (`int`, *optional*, defaults to `0`):
             Every this many optimizer steps, log E[log pi_new(y) - log pi_old(y)] over the correct rollouts of the
             step (Lazy Likelihood Displacement, §3.1). Costs one extra forward pass over the step's rollouts; 0
@@ -119,7 +120,9 @@ class AsymGRPOConfig(GRPOConfig):
     )
 
     log_diagnostics: bool = field(default=True, metadata={"help": "Log the paper's entropy diagnostics."})
-    cov_window_steps: int = field(default=40, metadata={"help": "Cov(p) over the first N optimizer steps (0 = off)."})
+    cov_window_rollout_steps: int = field(
+        default=40, metadata={"help": "Cov(p) over the first N rollout steps (generation batches; 0 = off)."}
+    )
     likelihood_displacement_steps: int = field(
         default=0, metadata={"help": "Measure likelihood displacement every N optimizer steps (0 = off)."}
     )
@@ -166,7 +169,7 @@ class AsymGRPOConfig(GRPOConfig):
         self._validate_diagnostics()
 
     def _validate_diagnostics(self):
-        for name in ("cov_window_steps", "likelihood_displacement_steps"):
+        for name in ("cov_window_rollout_steps", "likelihood_displacement_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}={value!r} must be an integer >= 0 (0 = off)")
@@ -198,6 +201,11 @@ class AsymGRPOConfig(GRPOConfig):
             raise ValueError(
                 "scale_rewards='batch' normalises TRL's own advantages, which advantage_estimator replaces; "
                 "leave it at 'group' (or 'none')"
+            )
+        if self.scale_rewards == "none" and est.name not in ("grpo", "dr_grpo"):  # dr_grpo: none is its definition
+            raise ValueError(
+                f"scale_rewards='none' is ignored by advantage_estimator={est.name!r}, which computes the advantages "
+                "itself (its own scale); remove it, or use advantage_estimator='dr_grpo' for r - mean(r) without std"
             )
         if self.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError(

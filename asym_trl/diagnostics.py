@@ -34,6 +34,7 @@ __all__ = [
     "length_normalized_logps",
     "likelihood_displacement_sums",
     "ratio",
+    "rollout_step",
     "solve_counts",
     "split_token_sums",
 ]
@@ -42,6 +43,13 @@ __all__ = [
 def _check_grouped(name: str, x: torch.Tensor) -> None:
     if x.dim() != 2:
         raise ValueError(f"{name} must have shape (num_groups, G), got {tuple(x.shape)}")
+
+
+def rollout_step(global_step: int, gradient_accumulation_steps: int, steps_per_generation: int, num_iterations: int):
+    """The paper's training step (a verl rollout step: one generation batch and all its updates) that contains
+    TRL optimizer step ``global_step`` (0-based): TRL generates every ``steps_per_generation x num_iterations``
+    micro-steps, and an optimizer step is ``gradient_accumulation_steps`` micro-steps."""
+    return global_step * gradient_accumulation_steps // (steps_per_generation * num_iterations)
 
 
 def ratio(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ class GroupDiagnostics(TrainerCallback):
         self.groups = {}  # mode -> global tensors of the latest generation batch
         self.token_sums = {}  # mode -> entropy sums (correct / incorrect) of the current optimizer step
         self.cov_records = []  # (rollout_index, Eq. 12 log-prob) from the first pass over a generation
-        self.cov_totals = None  # Eq. 14 (sums, counts) over the window
+        self.cov_totals = None  # Eq. 14 (sums of Cov(log pi, A), counts, sums of Cov(log pi, r)) over the window
         self.epoch_counts = torch.zeros(3, dtype=torch.long)  # all-solved, none-solved, scorable groups
         self.displacement = []  # micro-batches of the optimizer step whose displacement is measured
 
@@ -147,7 +147,10 @@ class GroupDiagnostics(TrainerCallback):
         own (then no update has happened since the generation: that is when TRL skips them).
         """
         args = self.trainer.args
-        if groups["step"] >= args.cov_window_steps:
+        rollout = diag.rollout_step(
+            groups["step"], args.gradient_accumulation_steps, args.steps_per_generation, args.num_iterations
+        )
+        if rollout >= args.cov_window_rollout_steps:
             return
         pass_step = micro_step(self.trainer) % (args.steps_per_generation * args.num_iterations)
         if pass_step >= args.steps_per_generation:
@@ -166,18 +169,24 @@ class GroupDiagnostics(TrainerCallback):
         norm_logps = torch.full(groups["advantages"].shape, float("nan"), device=values.device)
         norm_logps[idx] = values
         valid = groups["valid"] & ~torch.isnan(norm_logps)
-        cov = diag.group_covariance(
-            norm_logps.view(-1, size), groups["advantages"].view(-1, size), valid.view(-1, size)
+        x, valid = norm_logps.view(-1, size), valid.view(-1, size)
+        # Cov(log pi_bar, A) (Eq. 13) and the estimator-independent Cov(log pi_bar, r), r the success indicator
+        sums, counts = diag.covariance_level_sums(
+            diag.group_covariance(x, groups["advantages"].view(-1, size), valid), groups["levels"], size
         )
-        sums, counts = (t.cpu() for t in diag.covariance_level_sums(cov, groups["levels"], size))
+        sums_r, _ = diag.covariance_level_sums(
+            diag.group_covariance(x, groups["success"].view(-1, size).double(), valid), groups["levels"], size
+        )
+        totals = tuple(t.cpu() for t in (sums, counts, sums_r))
         if self.cov_totals is not None:
-            sums, counts = sums + self.cov_totals[0], counts + self.cov_totals[1]
-        self.cov_totals = (sums, counts)
-        means = diag.ratio(sums, counts)
+            totals = tuple(t + old for t, old in zip(totals, self.cov_totals, strict=True))
+        self.cov_totals = totals
+        sums, counts, sums_r = totals
         width = len(str(size))
-        for j in range(1, size):  # levels 0 and G are 0 by construction
-            if counts[j] > 0:  # the running window average: the last value logged is Cov(p) over the window
-                metrics(self.trainer, "train")[f"cov/p_{j:0{width}d}of{size}"] = [means[j].item()]
+        for name, means in (("cov", diag.ratio(sums, counts)), ("cov_r", diag.ratio(sums_r, counts))):
+            for j in range(1, size):  # levels 0 and G are 0 by construction
+                if counts[j] > 0:  # the running window average: the last value logged is over the window
+                    metrics(self.trainer, "train")[f"{name}/p_{j:0{width}d}of{size}"] = [means[j].item()]
 
     def _measure_likelihood_displacement(self):
         """E[log pi_new(y) - log pi_old(y)] over the correct rollouts of the step just taken (§3.1).

@@ -163,7 +163,7 @@ def make_figure(histories: Sequence[list[dict]], labels: Sequence[str], smooth: 
     a_adv.set(xlabel="training step", ylabel="mean |advantage|")
     hints = {
         a_disp: "not logged: set likelihood_displacement_steps",
-        a_cov: "not logged: needs cov_window_steps > 0 and mixed groups",
+        a_cov: "not logged: needs cov_window_rollout_steps > 0 and mixed groups",
         a_solved: "not logged: needs log_diagnostics",
         a_adv: "not logged: needs log_diagnostics",
     }

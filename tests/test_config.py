@@ -59,6 +59,8 @@ def test_asym_takes_free_betas_and_a_preset_accepts_its_own():
             "cannot be combined with use_adaptive_entropy",
         ),
         (dict(scale_rewards="batch"), "scale_rewards='batch'"),
+        (dict(scale_rewards="none"), "scale_rewards='none' is ignored by advantage_estimator='asym'"),
+        (dict(advantage_estimator="reinforce", scale_rewards="none"), "ignored by advantage_estimator='reinforce'"),
         (dict(multi_objective_aggregation="normalize_then_sum"), "multi_objective_aggregation='normalize_then_sum'"),
         (dict(advantage_estimator="ent_increase", num_generations_eval=1), "num_generations_eval=1"),
     ],
@@ -69,5 +71,10 @@ def test_bad_values_name_the_field(kwargs, message):
 
 
 def test_trl_fields_pass_through():
-    args = make(epsilon_high=0.28, entropy_coef=0.001, loss_type="dr_grpo", scale_rewards="none")
+    args = make(epsilon_high=0.28, entropy_coef=0.001, loss_type="dr_grpo")
     assert (args.epsilon_high, args.entropy_coef, args.loss_type) == (0.28, 0.001, "dr_grpo")
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo"])
+def test_scale_rewards_none_is_accepted_where_it_has_a_meaning(estimator):
+    assert make(advantage_estimator=estimator, scale_rewards="none").scale_rewards == "none"

@@ -107,6 +107,19 @@ def test_group_covariance_eq13_and_cov_p_eq14():
     assert torch.isnan(cov_p[[0, 3, 4]]).all()
 
 
+def test_cov_with_rewards_is_estimator_independent():
+    # group 0 above with r = (1, 0, 0, 0): mu_x = -2.5, mu_r = 1/4
+    #   Cov(x, r) = (1.5 * 3/4 + 0.5 * -1/4 + -0.5 * -1/4 + -1.5 * -1/4) / 4 = 1.5 / 4 = 0.375
+    # and Cov(x, A) = (A_pos - A_neg) Cov(x, r): 4 x 0.375 = 1.5 for A = (3, -1, -1, -1) as above
+    x = torch.tensor([[-1.0, -2, -3, -4]])
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    r = torch.tensor([[1.0, 0, 0, 0]])
+    assert diag.group_covariance(x, r, valid).item() == pytest.approx(0.375)
+    for a_pos, a_neg in ((3.0, -1.0), (7**0.9, -((1 / 7) ** 0.4))):
+        adv = torch.where(r.bool(), a_pos, a_neg)
+        assert diag.group_covariance(x, adv, valid).item() == pytest.approx((a_pos - a_neg) * 0.375)
+
+
 def test_likelihood_displacement_sums():
     old = torch.tensor([[-1.0, -2.0, -5.0], [-1.0, -1.0, -1.0], [-3.0, -3.0, -3.0]])
     new = torch.tensor([[-0.5, -1.0, 0.0], [-2.0, -2.0, -2.0], [-2.0, -2.0, -2.0]])
@@ -173,7 +186,7 @@ def make_config(output_dir, **overrides):
         temperature=1.0,
         max_steps=2,
         learning_rate=5e-3,
-        cov_window_steps=40,
+        cov_window_rollout_steps=40,
         likelihood_displacement_steps=1,
     )
     kwargs.update(overrides)
@@ -197,7 +210,7 @@ def run_scripted(model_path, output_dir, dataset_size=64, **overrides):
 
 def diag_metrics(log_history):
     """The diagnostics of each step's log entry (by step), None values dropped."""
-    prefixes = ("groups/", "advantages/", "entropy/", "cov/", "likelihood_displacement/")
+    prefixes = ("groups/", "advantages/", "entropy/", "cov/", "cov_r/", "likelihood_displacement/")
     return {
         h["step"]: {k: v for k, v in h.items() if k.startswith(prefixes) and v is not None}
         for h in log_history
@@ -225,9 +238,12 @@ def reference_forward(model, step):
     return rows
 
 
-def hand_cov(ref, group, k):
-    """Eq. 12-13 for one group of step 0 (k successes, Eq. 10 advantages with (0.9, 0.4)), with plain floats."""
+def hand_cov(ref, group, k, reward=False):
+    """Eq. 12-13 for one group of step 0 (k successes, Eq. 10 advantages with (0.9, 0.4); or the rewards r, the
+    first k rollouts correct), with plain floats."""
     a = [((G - k) / k) ** 0.9] * k + [-((k / (G - k)) ** 0.4)] * (G - k)
+    if reward:
+        a = [1.0] * k + [0.0] * (G - k)
     x = [ref[group * G + i]["logps"].mean().item() for i in range(G)]
     mx, ma = sum(x) / G, sum(a) / G
     return sum((xi - mx) * (ai - ma) for xi, ai in zip(x, a, strict=True)) / G
@@ -319,12 +335,32 @@ def test_covariance_uses_the_sampling_policy(model_path, tmp_path, split):
     assert cov.keys() == {"cov/p_1of4", "cov/p_2of4"}
     for k in (1, 2):
         assert cov[f"cov/p_{k}of4"] == pytest.approx(hand_cov(ref, group=k, k=k), rel=1e-4, abs=1e-7)
+        cov_r = [logged[step].get(f"cov_r/p_{k}of4") for step in (1, 2)]
+        assert next(v for v in cov_r if v is not None) == pytest.approx(
+            hand_cov(ref, group=k, k=k, reward=True), rel=1e-4, abs=1e-7
+        )
     assert {"entropy/correct", "likelihood_displacement/correct"} <= logged[1].keys() & logged[2].keys()
+
+
+def test_rollout_step_counts_the_papers_training_steps():
+    # Qwen3-4B recipe: GA 32, 64 micro-steps per generation -> 2 optimizer steps per rollout step
+    assert [diag.rollout_step(s, 32, 64, 1) for s in (0, 1, 2, 3, 79, 80)] == [0, 0, 1, 1, 39, 40]
+    assert [diag.rollout_step(s, 1, 2, 2) for s in (0, 3, 4)] == [0, 0, 1]  # num_iterations 2: 4 steps each
+
+
+def test_covariance_window_counts_rollout_steps(model_path, tmp_path):
+    """Two optimizer steps per generation, a window of 2 rollout steps: Cov(p) from the generations of optimizer
+    steps 0 and 2 (logged at the end of each generation's first pass, entries 2 and 4), none from step 4."""
+    trainer = run_scripted(
+        model_path, tmp_path / "out", max_steps=6, steps_per_generation=2, cov_window_rollout_steps=2
+    )
+    logged = diag_metrics(trainer.state.log_history)
+    assert [s for s in sorted(logged) if any(k.startswith("cov/") for k in logged[s])] == [2, 4]
 
 
 def test_covariance_window_and_displacement_period(model_path, tmp_path):
     trainer = run_scripted(
-        model_path, tmp_path / "out", max_steps=3, cov_window_steps=1, likelihood_displacement_steps=2
+        model_path, tmp_path / "out", max_steps=3, cov_window_rollout_steps=1, likelihood_displacement_steps=2
     )
     logged = diag_metrics(trainer.state.log_history)
     assert "cov/p_1of4" in logged[1] and not any(k.startswith("cov/") for k in logged[2] | logged[3])
@@ -354,8 +390,8 @@ def test_diagnostics_off_logs_nothing(model_path, tmp_path):
 
 
 def test_config_rejects_bad_diagnostics_settings(tmp_path):
-    with pytest.raises(ValueError, match="cov_window_steps"):
-        make_config(tmp_path, cov_window_steps=-1)
+    with pytest.raises(ValueError, match="cov_window_rollout_steps"):
+        make_config(tmp_path, cov_window_rollout_steps=-1)
     with pytest.raises(ValueError, match="needs log_diagnostics"):
         make_config(tmp_path, log_diagnostics=False, likelihood_displacement_steps=2)
 

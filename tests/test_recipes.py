@@ -25,7 +25,7 @@ TABLE1 = {
     "grpo-entropy-reg.yaml": {"entropy_coef": 0.001},
     "grpo-clip-higher.yaml": {"epsilon_high": 0.28},
     "grpo-entropy-adv.yaml": {"entropy_adv_alpha": 0.4, "entropy_adv_kappa": 2.0},
-    "dr-grpo.yaml": {"advantage_estimator": "dr_grpo", "loss_type": "dr_grpo", "scale_rewards": "none"},
+    "dr-grpo.yaml": {"advantage_estimator": "dr_grpo", "scale_rewards": "none"},  # token-level loss: App. C
     "pass-at-k.yaml": {"advantage_estimator": "pass_at_k", "pass_at_k": 5},
     "pos-only.yaml": {"advantage_estimator": "pos_only"},
     "neg-only.yaml": {"advantage_estimator": "neg_only"},
@@ -44,6 +44,8 @@ SECTION3 = {
     "ent-increase.yaml": {"advantage_estimator": "ent_increase"},
     "ent-decrease.yaml": {"advantage_estimator": "ent_decrease"},
 }
+# The Qwen3-4B row of Fig. 2 (sec. 3.1) that Table 1 does not have.
+FIG2_QWEN3 = {k: SECTION3[k] for k in ("reinforce-entropy-reg.yaml", "neg-only-0.75.yaml")}
 # (beta_pos, beta_neg) the parsed config must end up with.
 BETAS = {
     "grpo.yaml": (0.5, 0.5),
@@ -72,7 +74,7 @@ def _parse(path, *extra):
 
 
 def test_every_method_has_a_recipe():
-    assert {p.name for p in QWEN3.glob("*.yaml")} == {"grpo.yaml", *TABLE1}
+    assert {p.name for p in QWEN3.glob("*.yaml")} == {"grpo.yaml", *TABLE1, *FIG2_QWEN3}
     assert {p.name for p in QWEN25.glob("*.yaml")} == {"grpo.yaml", *SECTION3}
     assert (RECIPES / "cpu" / "quickstart.yaml").is_file()
 
@@ -89,7 +91,9 @@ def test_recipe_parses_and_round_trips(path, tmp_path):
     assert _parse(copy)[3] == resolved
 
 
-@pytest.mark.parametrize("folder, expected", [(QWEN3, TABLE1), (QWEN25, SECTION3)], ids=["qwen3-4b", "qwen2.5"])
+@pytest.mark.parametrize(
+    "folder, expected", [(QWEN3, {**TABLE1, **FIG2_QWEN3}), (QWEN25, SECTION3)], ids=["qwen3-4b", "qwen2.5"]
+)
 def test_method_recipes_differ_from_grpo_only_in_method_keys(folder, expected):
     grpo = load_recipe(folder / "grpo.yaml")
     for name, changes in expected.items():
@@ -104,8 +108,10 @@ def test_method_recipes_differ_from_grpo_only_in_method_keys(folder, expected):
 def test_gpu_recipes_follow_the_paper_and_launch_setup(path):
     script_args, args, model_args, resolved = _parse(path)
     assert args.learning_rate == 2e-6 and args.num_generations == 8 and args.beta == 0.0
-    assert args.loss_type == ("dr_grpo" if path.name == "dr-grpo.yaml" else "dapo")  # token-level otherwise
+    assert args.loss_type == "dapo"  # App. C: token-level aggregation "for all settings", Dr.GRPO included
     assert args.use_vllm and args.vllm_mode == "server"
+    assert args.vllm_importance_sampling_correction is False  # verl ran without it: per-rollout |A| is beta's
+    assert args.delta == 3.0 and (args.epsilon_high or args.epsilon) <= 2  # verl dual-clip c = 3: exact while eps <= 2
     assert args.report_to == ["wandb"] and os.environ["WANDB_PROJECT"] == "asym-trl"
     assert args.push_to_hub and args.hub_model_id.endswith(path.stem)
     assert args.bf16 and model_args.dtype == "bfloat16"
@@ -121,7 +127,7 @@ def test_gpu_recipes_follow_the_paper_and_launch_setup(path):
     # Validation every 10 verl steps = 10 rollout steps, whatever TRL's optimizer steps per rollout are.
     plan = plan_for(args, resolved, script_args.num_processes)
     assert script_args.validation_steps == args.save_steps == 10 * plan.optimizer_steps_per_generation
-    assert args.cov_window_steps == 40 * plan.optimizer_steps_per_generation  # App. B: the first 40 rollout steps
+    assert args.cov_window_rollout_steps == 40  # App. B: the first 40 training (rollout) steps
     if "qwen3-4b" in path.parts:
         assert model_args.model_name_or_path == "Qwen/Qwen3-4B"
         assert args.chat_template_kwargs == {"enable_thinking": False}  # non-thinking mode

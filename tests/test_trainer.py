@@ -229,3 +229,45 @@ def test_scoped_entropy_bonus_pushes_entropy_only_where_it_should(tiny_model_pat
     batch["success"] = torch.zeros_like(batch["success"])  # no correct rollout -> no bonus at all
     loss = trainer._compute_loss(trainer.model, batch)
     assert loss.item() == pytest.approx(0.0, abs=1e-7)
+
+
+def verl_dual_clip_loss(ratio, advantages, eps_low, eps_high, clip_c=3.0):
+    """verl's compute_policy_loss (dual-clip PPO, Ye et al. 2020): max(-A r, -A clip(r)) for A >= 0; for A < 0
+    that loss capped at -c A."""
+    clipped = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - eps_low, 1 + eps_high))
+    return torch.where(advantages < 0, torch.minimum(clipped, -advantages * clip_c), clipped)
+
+
+def test_delta_3_is_verls_dual_clip(tiny_model_path, cpu_config):
+    """The recipes' `delta: 3.0` (TRL's two-sided clip) gives verl's dual-clip loss per token, and its gradient."""
+    trainer = make_trainer(tiny_model_path, cpu_config, delta=3.0, epsilon_high=0.28)
+    batch = one_batch(trainer)
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    attn = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    T = batch["completion_ids"].size(1)
+    with torch.no_grad():
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, attn, T)
+    # ratios from 0.37 to 7.4 on every rollout: inside, below and above the clip range, and above c = 3
+    log_ratio = torch.linspace(-1.0, 2.0, T).expand_as(logps)
+    batch["old_per_token_logps"] = logps - log_ratio
+    a = batch["advantages"].unsqueeze(1)
+    mask = batch["completion_mask"].float()
+    assert ((log_ratio.exp() > 3) & (a < 0) & (mask > 0)).any() and ((a > 0) & (mask > 0)).any()
+
+    trl_loss = trainer._compute_loss(trainer.model, batch)
+    trl_loss.backward()
+    trl_grads = [p.grad.clone() for p in trainer.model.parameters()]
+    trainer.model.zero_grad()
+
+    new_logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, attn, T)
+    ratio = torch.exp(new_logps - batch["old_per_token_logps"])
+    per_token = verl_dual_clip_loss(ratio, a, 0.2, 0.28)
+    # TRL's dapo normaliser: the generation batch's completion tokens, one accumulation window of it
+    normaliser = (
+        batch["num_items_in_batch"] * trainer.current_gradient_accumulation_steps / trainer.args.steps_per_generation
+    )
+    verl_loss = (per_token * mask).sum() / normaliser
+    verl_loss.backward()
+    assert trl_loss.item() == pytest.approx(verl_loss.item(), rel=1e-5)
+    for ours, theirs in zip(trl_grads, (p.grad for p in trainer.model.parameters()), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-7)

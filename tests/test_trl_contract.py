@@ -137,3 +137,13 @@ def test_vllm_generation_attributes_the_sync_check_reads():
     assert "self._iter_named_params()" in sync
     assert "self.llm.llm_engine.model_executor.driver_worker.model_runner.model.load_weights" in sync
     assert "self.base_url = " in inspect.getsource(VLLMClient.__init__)
+
+
+def test_the_loss_is_always_compute_loss_even_with_liger():
+    """The loss-side diagnostics and the estimator's per-token hooks live in ``_compute_loss``: TRL 1.16 has no
+    Liger loss path (Liger is layer kernels only; its fused linear cross-entropy is refused)."""
+    body = inspect.getsource(GRPOTrainer.compute_loss)
+    assert "return self._compute_loss(model, inputs)" in body and "liger" not in body.lower()
+    init = inspect.getsource(GRPOTrainer.__init__)
+    assert '"fused_linear_cross_entropy": False' in init
+    assert "liger_grpo_loss" not in inspect.getsource(GRPOTrainer).lower()
