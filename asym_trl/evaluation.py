@@ -11,7 +11,12 @@ Generation backends (all take conversational prompts and return ``n`` completion
 
 - :class:`VLLMGenerator`: vLLM's offline ``LLM`` (GPU; ``pip install asym_trl[vllm]``);
 - :class:`OpenAIServerGenerator`: any OpenAI-compatible server (``vllm serve``, ``trl vllm-serve``) by URL;
-- :class:`TransformersGenerator`: ``model.generate`` (CPU or GPU; also used by in-training validation).
+- :class:`TransformersGenerator`: ``model.generate`` (CPU or GPU; also used by in-training validation); with
+  ``token_entropy=True`` its completions also carry the policy's token entropy (:class:`Completion`).
+
+Scoring: the math verifier by default, or any TRL-signature ``reward_func`` (a reward >= 1 is a success).
+:func:`evaluate_policy` is the held-out report of a policy on such a task: greedy and sampled accuracy, the shares of
+all-/none-solved prompts and the token entropy overall / on correct / on incorrect samples.
 
 Outputs of :func:`main`: ``results.json``, ``results.md`` (Table 1 layout) and ``samples/<benchmark>.jsonl`` (every
 completion with its verdict) under ``--output-dir``.
@@ -24,7 +29,7 @@ import json
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .data import BENCHMARKS, load_benchmark
@@ -33,6 +38,7 @@ from .verifier import NO_ANSWER, is_unverifiable
 
 __all__ = [
     "PAPER_K",
+    "Completion",
     "EvalSampling",
     "OpenAIServerGenerator",
     "TransformersGenerator",
@@ -40,6 +46,7 @@ __all__ = [
     "avg_at_k",
     "evaluate",
     "evaluate_benchmark",
+    "evaluate_policy",
     "main",
     "markdown_table",
 ]
@@ -62,6 +69,14 @@ class EvalSampling:
             raise ValueError(f"invalid sampling {self}: need temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1")
 
 
+class Completion(str):
+    """A completion's text with its sum of token entropies under the sampling policy (eos included, as TRL
+    measures it) and its number of tokens up to and including the first eos."""
+
+    entropy: float
+    num_tokens: float
+
+
 Generator = Callable[..., list[list[str]]]  # generate(prompts, n, sampling, desc="") -> n completions per prompt
 
 
@@ -71,9 +86,22 @@ Generator = Callable[..., list[list[str]]]  # generate(prompts, n, sampling, des
 
 
 class TransformersGenerator:
-    """``model.generate`` on batches of chat prompts (left padding); ``model`` is a path or a loaded model."""
+    """``model.generate`` on batches of chat prompts (left padding); ``model`` is a path or a loaded model.
 
-    def __init__(self, model, tokenizer=None, *, batch_size: int = 8, chat_template_kwargs: dict | None = None):
+    ``token_entropy``: return :class:`Completion` objects that carry their token entropy.  ``isolate_rng=False``
+    seeds the caller's RNG instead of a forked one (the draws then continue the caller's stream after the call).
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        *,
+        batch_size: int = 8,
+        chat_template_kwargs: dict | None = None,
+        token_entropy: bool = False,
+        isolate_rng: bool = True,
+    ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if isinstance(model, (str, Path)):
@@ -84,6 +112,7 @@ class TransformersGenerator:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.token_entropy, self.isolate_rng = token_entropy, isolate_rng
         self.chat_template_kwargs = NON_THINKING if chat_template_kwargs is None else chat_template_kwargs
 
     def __call__(self, prompts: Sequence[list[dict]], n: int, sampling: EvalSampling, desc: str = "") -> list:
@@ -98,10 +127,11 @@ class TransformersGenerator:
         outputs = []
         # seeded sampling without touching the caller's RNG streams (in-training validation must not shift training)
         rng_devices = [model.device] if model.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=rng_devices):
+        with torch.random.fork_rng(devices=rng_devices, enabled=self.isolate_rng):
             torch.manual_seed(sampling.seed)
             try:
-                for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc or "generate", unit="batch"):
+                batches = range(0, len(prompts), self.batch_size)
+                for start in tqdm(batches, desc=desc or "generate", unit="batch", disable=len(batches) == 1):
                     batch = prompts[start : start + self.batch_size]
                     texts = [
                         tokenizer.apply_chat_template(
@@ -122,10 +152,13 @@ class TransformersGenerator:
                             num_return_sequences=1 if greedy else n,
                             max_new_tokens=sampling.max_new_tokens,
                             pad_token_id=pad_id,
+                            output_logits=self.token_entropy,
+                            return_dict_in_generate=self.token_entropy,
                         )
-                    texts_out = tokenizer.batch_decode(
-                        generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-                    )
+                    ids = (generated.sequences if self.token_entropy else generated)[:, inputs["input_ids"].shape[1] :]
+                    texts_out = tokenizer.batch_decode(ids, skip_special_tokens=True)
+                    if self.token_entropy:
+                        texts_out = self._with_entropy(texts_out, ids, generated.logits)
                     per_prompt = len(texts_out) // len(batch)
                     for i in range(len(batch)):
                         samples = texts_out[i * per_prompt : (i + 1) * per_prompt]
@@ -133,6 +166,20 @@ class TransformersGenerator:
             finally:
                 model.train(was_training)
         return outputs
+
+    def _with_entropy(self, texts: list[str], ids, logits) -> list[Completion]:
+        import torch
+
+        is_eos = ids == self.tokenizer.eos_token_id  # count every token up to and including the first eos
+        mask = (~((is_eos.cumsum(dim=1) - is_eos.long()) > 0)).float()
+        logp = torch.stack(logits, dim=1).float().log_softmax(-1)
+        entropy = (-(logp.exp() * logp).sum(-1) * mask).sum(1).tolist()
+        completions = []
+        for text, h, tokens in zip(texts, entropy, mask.sum(1).tolist(), strict=True):
+            completion = Completion(text)
+            completion.entropy, completion.num_tokens = h, tokens
+            completions.append(completion)
+        return completions
 
 
 class VLLMGenerator:
@@ -235,9 +282,10 @@ class BenchmarkResult:
     unverifiable: int  # answers refused by a pre-check or whose verification timed out / failed (wrong)
     no_answer: int  # samples without a boxed answer
     samples: list[dict] = field(default_factory=list, repr=False)
+    correct: list[list[bool]] = field(default_factory=list, repr=False)  # per problem, per sample
 
     def summary(self) -> dict:
-        return {key: value for key, value in asdict(self).items() if key != "samples"}
+        return {key: value for key, value in asdict(self).items() if key not in ("samples", "correct")}
 
 
 def evaluate_benchmark(
@@ -248,18 +296,26 @@ def evaluate_benchmark(
     sampling: EvalSampling,
     name: str = "benchmark",
     verifier: MathVerifier | None = None,
+    reward_func: Callable | None = None,
 ) -> BenchmarkResult:
-    """Generate ``k`` completions per problem of ``dataset`` (``prompt``/``problem``/``solution``), score them."""
+    """Generate ``k`` completions per problem of ``dataset`` (``prompt``/``solution``, optionally ``problem``) and
+    score them with the math verifier, or with ``reward_func`` (TRL signature; a reward >= 1 is a success)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if len(dataset) == 0:
         raise ValueError(f"benchmark {name!r} is empty")
-    prompts, problems, solutions = dataset["prompt"], dataset["problem"], dataset["solution"]
+    prompts, solutions = dataset["prompt"], dataset["solution"]
+    problems = dataset["problem"] if "problem" in dataset.column_names else [None] * len(prompts)
     completions = generate(prompts, k, sampling, desc=name)
     if len(completions) != len(prompts) or any(len(c) != k for c in completions):
         raise RuntimeError(f"the generator returned {[len(c) for c in completions]} completions, expected {k} each")
     flat = [c for per_prompt in completions for c in per_prompt]
-    rewards, statuses = score_completions(flat, [s for s in solutions for _ in range(k)], verifier)
+    flat_solutions = [s for s in solutions for _ in range(k)]
+    if reward_func is None:
+        rewards, statuses = score_completions(flat, flat_solutions, verifier)
+    else:
+        rewards = reward_func(flat, solution=flat_solutions)
+        statuses = ["scored" if r is not None else "unscorable" for r in rewards]
     samples = [
         {
             "index": i // k,
@@ -269,10 +325,16 @@ def evaluate_benchmark(
             "completion": completion,
             "status": status,
             "reward": reward,
+            **(
+                {"entropy": completion.entropy, "num_tokens": completion.num_tokens}
+                if hasattr(completion, "entropy")
+                else {}
+            ),
         }
         for i, (completion, status, reward) in enumerate(zip(flat, statuses, rewards, strict=True))
     ]
-    correct = [[rewards[i * k + j] == 1.0 for j in range(k)] for i in range(len(prompts))]
+    success = [r is not None and r >= 1 for r in rewards]
+    correct = [success[i * k : (i + 1) * k] for i in range(len(prompts))]
     return BenchmarkResult(
         name=name,
         k=k,
@@ -282,7 +344,42 @@ def evaluate_benchmark(
         unverifiable=sum(map(is_unverifiable, statuses)),
         no_answer=statuses.count(NO_ANSWER),
         samples=samples,
+        correct=correct,
     )
+
+
+def evaluate_policy(generate: Generator, dataset, *, k: int, sampling: EvalSampling, reward_func: Callable) -> dict:
+    """Held-out report of a policy on ``dataset`` (``prompt``/``solution``) scored by ``reward_func``.
+
+    ``greedy_accuracy``; over ``k`` samples per prompt with ``sampling``: ``sampled_accuracy``, ``all_solved`` /
+    ``none_solved`` (share of prompts with p = 1 / 0), ``entropy`` (mean token entropy along the samples; needs a
+    generator that returns :class:`Completion` objects) and the same mean over ``entropy_correct`` /
+    ``entropy_incorrect`` samples only.
+    """
+    import torch
+
+    greedy = evaluate_benchmark(
+        generate, dataset, k=1, sampling=replace(sampling, temperature=0.0), reward_func=reward_func
+    )
+    greedy_ok = [c[0] for c in greedy.correct]
+    sampled = evaluate_benchmark(generate, dataset, k=k, sampling=sampling, reward_func=reward_func)
+    correct = torch.tensor([c for per_prompt in sampled.correct for c in per_prompt])
+    rollout_entropy = torch.tensor([s["entropy"] for s in sampled.samples])
+    rollout_tokens = torch.tensor([s["num_tokens"] for s in sampled.samples])
+    p = correct.view(-1, k).float().mean(1)
+
+    def mean_entropy(select):
+        return float(rollout_entropy[select].sum() / rollout_tokens[select].sum().clamp(min=1))
+
+    return {
+        "greedy_accuracy": sum(greedy_ok) / len(greedy_ok),
+        "sampled_accuracy": float(correct.float().mean()),
+        "all_solved": float((p == 1).float().mean()),
+        "none_solved": float((p == 0).float().mean()),
+        "entropy": mean_entropy(torch.ones_like(correct)),
+        "entropy_correct": mean_entropy(correct) if correct.any() else float("nan"),
+        "entropy_incorrect": mean_entropy(~correct) if (~correct).any() else float("nan"),
+    }
 
 
 def evaluate(

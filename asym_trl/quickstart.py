@@ -33,14 +33,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import PrinterCallback, TrainerCallback
+from transformers import PrinterCallback
 
 from .config import AsymGRPOConfig
+from .evaluation import EvalSampling, TransformersGenerator, evaluate_policy
 from .plotting import plot_quickstart, plot_runs
 from .tiny import build_tiny_model, cpu_run_kwargs, last_digit_reward, last_digit_splits
 from .trainer import AsymGRPOTrainer
+from .validation import ValidationCallback
 
-__all__ = ["HeldOutCallback", "QuickstartSettings", "evaluate_policy", "run_quickstart", "train_rl", "warm_start"]
+__all__ = ["HeldOutCallback", "QuickstartSettings", "evaluate_heldout", "run_quickstart", "train_rl", "warm_start"]
 
 
 @dataclass
@@ -127,114 +129,50 @@ def warm_start(settings: QuickstartSettings, cache_dir: str | Path, train_datase
     return out
 
 
-@torch.no_grad()
-def evaluate_policy(
-    model,
-    tokenizer,
-    dataset,
-    *,
-    num_samples: int = 8,
-    max_new_tokens: int = 16,
-    seed: int = 0,
-    reward_func=last_digit_reward,
+def evaluate_heldout(
+    generate: TransformersGenerator, dataset, settings: QuickstartSettings, *, num_samples: int, seed: int
 ):
-    """Held-out metrics of a policy on ``dataset`` (``prompt`` + ``solution`` columns), scored by ``reward_func``
-    (TRL signature; a reward >= 1 is a success, None a failure).
+    """:func:`~asym_trl.evaluation.evaluate_policy` of the task: ``num_samples`` samples at temperature 1 (as the
+    RL rollouts) and greedy; ``generate`` takes all prompts in one batch (``batch_size=len(dataset)``)."""
+    sampling = EvalSampling(temperature=1.0, top_p=1.0, max_new_tokens=settings.max_completion_length, seed=seed)
+    return evaluate_policy(generate, dataset, k=num_samples, sampling=sampling, reward_func=last_digit_reward)
 
-    Returns a dict: ``greedy_accuracy``; over ``num_samples`` samples per prompt at temperature 1 (as the
-    RL rollouts): ``sampled_accuracy``, ``all_solved`` / ``none_solved`` (share of prompts with p = 1 / 0),
-    ``entropy`` (mean token entropy of the policy along its samples, eos included, as TRL measures it)
-    and the same mean over ``entropy_correct`` / ``entropy_incorrect`` rollouts only.
-    """
-    was_training, side = model.training, tokenizer.padding_side
-    model.eval()
-    tokenizer.padding_side = "left"
-    try:
-        texts = [
-            tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in dataset["prompt"]
-        ]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        prompt_len = enc["input_ids"].shape[1]
-        gen = dict(
-            max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
+
+class HeldOutCallback(ValidationCallback):
+    """The held-out curve: every ``eval_steps`` steps, :func:`evaluate_heldout` of the live policy as a
+    ``heldout/*`` entry of the log history (no checkpoint selection).  Its sampling seeds the training RNG with the
+    step (``isolate_rng=False``), as the quickstart always has, so that its numbers stay those of earlier runs."""
+
+    def __init__(self, trainer, dataset, settings: QuickstartSettings, num_samples: int = 4):
+        super().__init__(
+            trainer,
+            {"heldout": dataset},
+            eval_steps=settings.curve_every,
+            select_on="heldout",
+            batch_size=len(dataset),
         )
-        greedy = model.generate(**enc, do_sample=False, **gen)
-        greedy_texts = tokenizer.batch_decode(greedy[:, prompt_len:], skip_special_tokens=True)
-        greedy_ok = [r is not None and r >= 1 for r in reward_func(greedy_texts, solution=dataset["solution"])]
+        self.settings, self.num_samples = settings, num_samples
 
-        torch.manual_seed(seed)
-        rep = {k: v.repeat_interleave(num_samples, dim=0) for k, v in enc.items()}
-        out = model.generate(
-            **rep,
-            do_sample=True,
-            temperature=1.0,
-            top_k=0,
-            top_p=1.0,
-            output_logits=True,
-            return_dict_in_generate=True,
-            **gen,
-        )
-        completion = out.sequences[:, prompt_len:]
-        # completion mask: every token up to and including the first eos
-        is_eos = completion == tokenizer.eos_token_id
-        after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
-        mask = (~after_eos).float()
-        logp = torch.stack(out.logits, dim=1).float().log_softmax(-1)
-        token_entropy = -(logp.exp() * logp).sum(-1)
-        rollout_entropy = (token_entropy * mask).sum(1)
-        rollout_tokens = mask.sum(1)
-        solutions = [s for s in dataset["solution"] for _ in range(num_samples)]
-        sampled_texts = tokenizer.batch_decode(completion, skip_special_tokens=True)
-        correct = torch.tensor([r is not None and r >= 1 for r in reward_func(sampled_texts, solution=solutions)])
-        p = correct.view(-1, num_samples).float().mean(1)
-
-        def mean_entropy(select):
-            return float(rollout_entropy[select].sum() / rollout_tokens[select].sum().clamp(min=1))
-
-        return {
-            "greedy_accuracy": sum(greedy_ok) / len(greedy_ok),
-            "sampled_accuracy": float(correct.float().mean()),
-            "all_solved": float((p == 1).float().mean()),
-            "none_solved": float((p == 0).float().mean()),
-            "entropy": mean_entropy(torch.ones_like(correct)),
-            "entropy_correct": mean_entropy(correct) if correct.any() else float("nan"),
-            "entropy_incorrect": mean_entropy(~correct) if (~correct).any() else float("nan"),
-        }
-    finally:
-        model.train(was_training)
-        tokenizer.padding_side = side
-
-
-class HeldOutCallback(TrainerCallback):
-    """Every ``every`` steps, evaluate the policy on held-out problems and add ``heldout/*`` to the log history."""
-
-    def __init__(self, dataset, every: int, num_samples: int = 4, max_new_tokens: int = 16, verbose: bool = True):
-        self.dataset, self.every, self.num_samples, self.max_new_tokens = dataset, every, num_samples, max_new_tokens
-        self.verbose = verbose
-
-    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if self.every and state.global_step % self.every == 0:
-            metrics = evaluate_policy(
-                model,
-                processing_class,
-                self.dataset,
-                num_samples=self.num_samples,
-                max_new_tokens=self.max_new_tokens,
-                seed=state.global_step,
+    def evaluate(self) -> dict[str, float]:
+        step = self.trainer.state.global_step
+        with self.transformers_generator(token_entropy=True, isolate_rng=False) as generate:
+            metrics = evaluate_heldout(
+                generate, self.benchmarks["heldout"], self.settings, num_samples=self.num_samples, seed=step
             )
-            state.log_history.append({"step": state.global_step, **{f"heldout/{k}": v for k, v in metrics.items()}})
-            if self.verbose:
-                print(
-                    f"  RL step {state.global_step:4d}: held-out accuracy sampled {metrics['sampled_accuracy']:.3f}, "
-                    f"greedy {metrics['greedy_accuracy']:.3f}; entropy {metrics['entropy']:.3f}",
-                    flush=True,
-                )
+        return {f"heldout/{k}": v for k, v in metrics.items()}
+
+    def record(self, args, state, record: dict) -> None:
+        state.log_history.append(record)
+        print(
+            f"  RL step {state.global_step:4d}: held-out accuracy sampled {record['heldout/sampled_accuracy']:.3f}, "
+            f"greedy {record['heldout/greedy_accuracy']:.3f}; entropy {record['heldout/entropy']:.3f}",
+            flush=True,
+        )
 
 
-def train_rl(
-    settings: QuickstartSettings, model_dir: str | Path, train_dataset, output_dir: str | Path, callbacks=None
-):
-    """Train ``model_dir`` with AsymGRPOTrainer on the task; returns the trainer (model trained in place)."""
+def train_rl(settings: QuickstartSettings, model_dir: str | Path, train_dataset, output_dir: str | Path, heldout=None):
+    """Train ``model_dir`` with AsymGRPOTrainer on the task, with the held-out curve on ``heldout`` (every
+    ``settings.curve_every`` steps; none if either is unset); returns the trainer (model trained in place)."""
     args = AsymGRPOConfig(
         **cpu_run_kwargs(seed=settings.seed, logging_steps=settings.logging_steps),
         output_dir=str(output_dir),
@@ -255,8 +193,9 @@ def train_rl(
         reward_funcs=last_digit_reward,
         args=args,
         train_dataset=train_dataset.remove_columns("completion"),
-        callbacks=callbacks,
     )
+    if heldout is not None and settings.curve_every:
+        trainer.add_callback(HeldOutCallback(trainer, heldout, settings))
     trainer.remove_callback(PrinterCallback)  # progress comes from HeldOutCallback; metrics go to the log history
     trainer.train()
     return trainer
@@ -275,8 +214,14 @@ def run_quickstart(settings: QuickstartSettings, output_dir: str | Path, cache_d
     sft_seconds = time.time() - start
 
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
-    eval_kwargs = dict(num_samples=settings.eval_samples, max_new_tokens=settings.max_completion_length)
-    before = evaluate_policy(AutoModelForCausalLM.from_pretrained(sft_dir), tokenizer, test, **eval_kwargs)
+    model = AutoModelForCausalLM.from_pretrained(sft_dir)
+    eval_kwargs = dict(num_samples=settings.eval_samples, seed=0)
+    before = evaluate_heldout(
+        TransformersGenerator(model, tokenizer, batch_size=len(test), token_entropy=True),
+        test,
+        settings,
+        **eval_kwargs,
+    )
     print(
         f"after SFT: held-out accuracy sampled {before['sampled_accuracy']:.3f}, "
         f"greedy {before['greedy_accuracy']:.3f}; "
@@ -284,14 +229,15 @@ def run_quickstart(settings: QuickstartSettings, output_dir: str | Path, cache_d
         flush=True,
     )
     start = time.time()
-    curve = HeldOutCallback(
-        test.select(range(min(settings.curve_problems, len(test)))),
-        every=settings.curve_every,
-        max_new_tokens=settings.max_completion_length,
-    )
-    trainer = train_rl(settings, sft_dir, train, output_dir, callbacks=[curve])
+    curve = test.select(range(min(settings.curve_problems, len(test))))
+    trainer = train_rl(settings, sft_dir, train, output_dir, heldout=curve)
     rl_seconds = time.time() - start
-    after = evaluate_policy(trainer.model, tokenizer, test, **eval_kwargs)
+    after = evaluate_heldout(
+        TransformersGenerator(trainer.model, tokenizer, batch_size=len(test), token_entropy=True),
+        test,
+        settings,
+        **eval_kwargs,
+    )
 
     trainer.save_model()
     trainer.state.save_to_json(str(output_dir / "trainer_state.json"))

@@ -91,12 +91,11 @@ class ValidationCallback(TrainerCallback):
 
     # -- evaluation ---------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _transformers_generator(self):
-        """``generate(prompts, desc) -> completions`` with ``model.generate``, under TRL's generation context."""
+    def transformers_generator(self, **generator_kwargs):
+        """A :class:`~asym_trl.evaluation.TransformersGenerator` of the live policy, under TRL's generation context."""
         from trl.models import unwrap_model_for_generation
 
         trainer, args = self.trainer, self.trainer.args
-        sampling = EvalSampling(temperature=0.0, max_new_tokens=self.max_new_tokens)
         dist = fsdp_helper(trainer)  # FSDP v1 needs its full parameters to generate
         with (
             unwrap_model_for_generation(  # as TRL's own generation: ZeRO-3 gather, gradient checkpointing off
@@ -107,12 +106,19 @@ class ValidationCallback(TrainerCallback):
             ) as model,
             dist.summon_full_params(trainer.model_wrapped, recurse=False) if dist else contextlib.nullcontext(),
         ):
-            generate = TransformersGenerator(  # the training prompts' chat-template options (default: non-thinking)
+            yield TransformersGenerator(  # the training prompts' chat-template options (default: non-thinking)
                 model,
                 trainer.processing_class,
                 batch_size=self.batch_size,
                 chat_template_kwargs=getattr(args, "chat_template_kwargs", None),
+                **generator_kwargs,
             )
+
+    @contextlib.contextmanager
+    def _greedy_transformers_generator(self):
+        """``generate(prompts, desc) -> completions``: one greedy completion per prompt with ``model.generate``."""
+        sampling = EvalSampling(temperature=0.0, max_new_tokens=self.max_new_tokens)
+        with self.transformers_generator() as generate:
             yield lambda prompts, desc: [c[0] for c in generate(prompts, 1, sampling, desc=desc)]
 
     @contextlib.contextmanager
@@ -158,7 +164,7 @@ class ValidationCallback(TrainerCallback):
         rank, world = accelerator.process_index, accelerator.num_processes
         scores = {}
         use_vllm = getattr(self.trainer, "use_vllm", False)
-        with self._vllm_generator() if use_vllm else self._transformers_generator() as generate:
+        with self._vllm_generator() if use_vllm else self._greedy_transformers_generator() as generate:
             for name, dataset in self.benchmarks.items():
                 per_process = math.ceil(len(dataset) / world)
                 indices = [rank + world * i for i in range(per_process)]
@@ -182,11 +188,17 @@ class ValidationCallback(TrainerCallback):
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.eval_steps != 0:
-            return control
-        scores = self._evaluate_benchmarks()
-        record = {"step": state.global_step, **{f"val/{name}": score for name, score in scores.items()}}
-        record["val/avg"] = sum(scores.values()) / len(scores)
+        if state.global_step % self.eval_steps == 0:
+            self.record(args, state, {"step": state.global_step, **self.evaluate()})
+        return control
+
+    def evaluate(self) -> dict[str, float]:
+        """``val/<benchmark>`` (greedy accuracy in percent) and their mean ``val/avg``."""
+        scores = {f"val/{name}": score for name, score in self._evaluate_benchmarks().items()}
+        return {**scores, "val/avg": sum(scores.values()) / len(scores)}
+
+    def record(self, args, state, record: dict) -> None:
+        """Log through TRL's train metrics, track and save the best model, append to ``validation.jsonl``."""
         self.history.append(record)
         train_metrics = metrics(self.trainer, "train")
         for key, value in record.items():
@@ -194,7 +206,7 @@ class ValidationCallback(TrainerCallback):
                 train_metrics[key].append(value)
 
         # the best so far (restored on resume) against this step: the same as selecting over the whole history
-        best = select_best([*([self.best] if self.best else []), (state.global_step, scores[self.select_on])])
+        best = select_best([*([self.best] if self.best else []), (state.global_step, record[f"val/{self.select_on}"])])
         if best is not None and best != self.best:
             self.best = best
             self._save_best(args, state, record)
@@ -203,7 +215,6 @@ class ValidationCallback(TrainerCallback):
             output_dir.mkdir(parents=True, exist_ok=True)
             with open(output_dir / "validation.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-        return control
 
     def _save_best(self, args, state, record: dict) -> None:
         best_dir = Path(args.output_dir) / "best"

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from asym_trl.quickstart import QuickstartSettings, default_cache_dir, evaluate_policy, train_rl, warm_start
+from asym_trl.evaluation import TransformersGenerator
+from asym_trl.quickstart import QuickstartSettings, default_cache_dir, evaluate_heldout, train_rl, warm_start
 from asym_trl.tiny import last_digit_splits
 
 METHODS = {  # name -> (advantage_estimator, beta_pos, beta_neg)
@@ -63,14 +64,8 @@ def run_one(base: QuickstartSettings, method: str, seed: int, out_dir: Path, cac
     trainer = train_rl(settings, sft_dir, train, out_dir / "trainer")
     history = trainer.state.log_history
     train_logs = [h for h in history if "entropy" in h and "reward" in h]
-    final = evaluate_policy(
-        trainer.model,
-        trainer.processing_class,
-        test,
-        num_samples=settings.eval_samples,
-        max_new_tokens=settings.max_completion_length,
-        seed=seed,
-    )
+    generate = TransformersGenerator(trainer.model, trainer.processing_class, batch_size=len(test), token_entropy=True)
+    final = evaluate_heldout(generate, test, settings, num_samples=settings.eval_samples, seed=seed)
     last = train_logs[-2:]  # logged every 5 steps: the last 10 steps
     whole_run = next(h for h in reversed(history) if "groups/epoch_all_solved" in h)  # one (partial) epoch
     return {
@@ -130,13 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         sft_dir = warm_start(base, cache_dir, train)
-        metrics = evaluate_policy(
-            AutoModelForCausalLM.from_pretrained(sft_dir),
-            AutoTokenizer.from_pretrained(sft_dir),
-            test,
-            num_samples=base.eval_samples,
-            max_new_tokens=base.max_completion_length,
-        )
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(sft_dir), AutoTokenizer.from_pretrained(sft_dir)
+        generate = TransformersGenerator(model, tokenizer, batch_size=len(test), token_entropy=True)
+        metrics = evaluate_heldout(generate, test, base, num_samples=base.eval_samples, seed=0)
         sft_file.write_text(json.dumps(metrics, indent=2))
     sft_metrics = json.loads(sft_file.read_text())
 
