@@ -128,8 +128,8 @@ def test_several_reward_functions_need_an_explicit_success_rule(tiny_model_path,
     def bonus(completions, **kwargs):
         return [0.5] * len(completions)
 
-    with pytest.raises(ValueError, match="2 reward functions: set success_reward_func"):  # before any model load
-        AsymGRPOTrainer("/no/such/model", reward_funcs=[coin_reward, bonus], args=cpu_config())
+    with pytest.raises(ValueError, match="2 reward functions: set success_reward_func"):  # before any training
+        AsymGRPOTrainer(tiny_model_path, [coin_reward, bonus], cpu_config(), train_dataset=toy_sum_dataset(8))
     # 'weighted_sum' opts in to TRL's weighted sum: coin + 0.5 >= 0.5 for every rollout, so all succeed
     args = cpu_config(advantage_estimator="reinforce", success_reward_func="weighted_sum", success_threshold=0.5)
     trainer = AsymGRPOTrainer(tiny_model_path, [coin_reward, bonus], args, train_dataset=toy_sum_dataset(32))
@@ -172,13 +172,15 @@ def token_entropies(trainer, batch):
 
 
 def make_trainer(tiny_model_path, cpu_config, **kw):
-    args = cpu_config(advantage_estimator="grpo", num_generations=8, per_device_train_batch_size=16, **kw)
+    args = cpu_config(num_generations=8, per_device_train_batch_size=16, **{"advantage_estimator": "grpo", **kw})
     return AsymGRPOTrainer(tiny_model_path, reward_funcs=coin_reward, args=args, train_dataset=toy_sum_dataset(8))
 
 
 def test_entropy_advantage_shapes_the_loss_per_token(tiny_model_path, cpu_config):
-    plain = make_trainer(tiny_model_path, cpu_config)
-    shaped = make_trainer(tiny_model_path, cpu_config, entropy_adv_alpha=0.4, entropy_adv_kappa=2.0)
+    plain = make_trainer(tiny_model_path, cpu_config, advantage_estimator="asym")  # not centred: the loss is not ~0
+    shaped = make_trainer(
+        tiny_model_path, cpu_config, advantage_estimator="asym", entropy_adv_alpha=0.4, entropy_adv_kappa=2.0
+    )
     batch = one_batch(plain)
     assert batch["advantages"].abs().sum() > 0
     mask = batch["completion_mask"].float()
