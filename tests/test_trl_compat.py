@@ -123,6 +123,18 @@ def test_non_binary_rewards_never_train_nothing_silently(estimator, tiny_model_p
     trainer = AsymGRPOTrainer(tiny_model_path, reward_funcs=length, args=args, train_dataset=toy_sum_dataset(32))
     with pytest.raises(ValueError, match=r"take the values \{.*\} \(length in \[.*\]\).*success_threshold"):
         trainer.train()
+    median = sorted(length(trainer._logs["completion"]))[len(trainer._logs["completion"]) // 2]
+    train(tiny_model_path, length, cpu_config(max_steps=1, success_threshold=median))  # a rule: it trains
+
+
+def test_a_run_with_every_advantage_zero_warns(tiny_model_path, cpu_config, monkeypatch):
+    monkeypatch.setattr("asym_trl.trainer.DEGENERATE_BATCHES", 2)
+
+    def solved(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    with pytest.warns(UserWarning, match="2 generation batches in a row with every advantage 0"):
+        train(tiny_model_path, solved, cpu_config(), weights_change=False)
 
 
 @pytest.mark.xfail(
