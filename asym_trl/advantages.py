@@ -35,6 +35,7 @@ __all__ = [
     "entropy_shaped_advantages",
     "flipped_neg_curve",
     "flipped_pos_curve",
+    "grpo_advantages",
     "pass_at_k_advantages",
 ]
 
@@ -190,6 +191,35 @@ def dr_grpo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     valid = ~torch.isnan(rewards)
     mean = torch.nanmean(rewards, dim=1, keepdim=True).nan_to_num(0.0)
     adv = rewards - mean
+    return torch.where(valid, adv, torch.zeros_like(adv))
+
+
+GRPO_STD = ("population", "sample")
+SCALE_REWARDS = ("group", "batch", "none")  # TRL's scale_rewards
+
+
+def grpo_advantages(rewards: torch.Tensor, std: str = "population", scale_rewards: str = "group") -> torch.Tensor:
+    """GRPO (Eq. 4) on the raw reward values, as TRL computes it: ``A = (r - mean_group(r)) / std``.
+
+    ``std="population"``: the population std, and 0 where it is 0 -- for binary rewards exactly the
+    beta = 0.5 member of Eq. 10.  ``std="sample"``: TRL's Bessel-corrected std + 1e-4 (TRL's numbers).
+    ``scale_rewards`` as TRL means it: the std of the group, of the whole batch, or no division (Dr. GRPO).
+    """
+    if std not in GRPO_STD or scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"std={std!r} / scale_rewards={scale_rewards!r}: choose from {GRPO_STD} / {SCALE_REWARDS}")
+    adv = dr_grpo_advantages(rewards)
+    if scale_rewards == "none":
+        return adv
+    valid = ~torch.isnan(rewards)
+    values = rewards if scale_rewards == "group" else rewards.reshape(1, -1)
+    n = (~torch.isnan(values)).sum(dim=1, keepdim=True)
+    sq = ((values - torch.nanmean(values, dim=1, keepdim=True)) ** 2).nan_to_num(0.0).sum(dim=1, keepdim=True)
+    if std == "sample":
+        sd = (sq / (n - 1).clamp(min=1)).sqrt().masked_fill(n < 2, 0.0)  # TRL's nanstd; 0 for a lone rollout
+        adv = adv / (sd + 1e-4)
+    else:
+        sd = (sq / n.clamp(min=1)).sqrt()
+        adv = torch.where(sd > 0, adv / sd.clamp(min=torch.finfo(sd.dtype).tiny), torch.zeros_like(adv))
     return torch.where(valid, adv, torch.zeros_like(adv))
 
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .estimators import BETAS, estimator_names, get_estimator
+from .advantages import GRPO_STD
+from .estimators import BETAS, DEFAULT_SUCCESS_THRESHOLD, estimator_names, get_estimator
 from .vllm_sync import WEIGHT_SYNC_MODES, validate_weight_sync
 from .weight_check import SYNC_CHECK_MODES
 
@@ -22,26 +23,35 @@ class AsymGRPOConfig(GRPOConfig):
     Parameters:
         advantage_estimator (`str`, *optional*, defaults to `"asym"`):
             How rollout advantages are computed from the group's rewards (see `asym_trl.advantages`):
-            `"asym"` (Eq. 10 with `beta_pos`, `beta_neg`), its presets `"reinforce"` (0, 0), `"grpo"` (0.5, 0.5,
-            the population std: TRL's own GRPO advantages are these times sqrt((G-1)/G)), `"pos_only"` (0.5, 0),
-            `"neg_only"` (0, 0.5); the flipped curves `"ent_decrease"` / `"ent_increase"` (App. D); `"pass_at_k"`
-            (Chen et al. 2025) and `"dr_grpo"` (r - mean, no std); or an estimator of your own registered with
-            `asym_trl.register_estimator` (by name, or `"package.module:attribute"`; see `docs/estimators.md`).
+            `"asym"` (Eq. 10 with `beta_pos`, `beta_neg`), its presets `"reinforce"` (0, 0), `"grpo"` (TRL's GRPO
+            on the raw rewards, any rewards; for binary ones the (0.5, 0.5) member; see `grpo_std`), `"pos_only"`
+            (0.5, 0), `"neg_only"` (0, 0.5); the flipped curves `"ent_decrease"` / `"ent_increase"` (App. D);
+            `"pass_at_k"` (Chen et al. 2025) and `"dr_grpo"` (r - mean, no std); or an estimator of your own
+            registered with `asym_trl.register_estimator` (by name, or `"package.module:attribute"`; see
+            `docs/estimators.md`).
         beta_pos (`float` or `None`, *optional*):
             Exponent on correct rollouts, >= 0. Defaults to the estimator's value (asym: 0.9; flipped: 0.5); a
             preset accepts only its own value.
         beta_neg (`float` or `None`, *optional*):
             Exponent on incorrect rollouts, >= 0. Defaults to the estimator's value (asym: 0.4; flipped: 0.5).
-        success_threshold (`float`, *optional*, defaults to `1.0`):
-            A rollout is a success when its reward is >= this value. Rewards need not be binary: partial credit
-            below the threshold counts as a failure. Unscorable rollouts (every reward function returned `None`)
-            count as neither and get advantage 0.
+        success_threshold (`float` or `None`, *optional*):
+            A rollout is a success when its reward is >= this value (unset: 1.0). Rewards need not be binary: partial
+            credit below the threshold counts as a failure. Unscorable rollouts (every reward function returned
+            `None`) count as neither and get advantage 0. The estimators of binary successes (all but `"grpo"` and
+            `"dr_grpo"`) stop at the first batch when the deciding rewards are not all 0 or 1 and neither this nor
+            `success_reward_func` is set: a reward such as a length or a reward-model score would otherwise make
+            every rollout a success and every advantage 0.
         success_reward_func (`str` or `None`, *optional*):
             The reward function whose raw score decides success, by TRL's name (`"accuracy_reward"`) or
             `asym_trl.rewards.REWARD_FUNCS` name (`"accuracy"`), e.g. to leave a format bonus out; or
             `"weighted_sum"` for TRL's weighted sum of all of them. Default: the reward function when there is one;
             with several it must be set (accuracy + format summed would count wrong boxed answers as successes).
-            Not used by `"dr_grpo"`, which works on TRL's weighted sum.
+            Not used by `"dr_grpo"`; `"grpo"` uses TRL's weighted sum unless it is set. Environment rewards
+            (`environment_factory` with `get_reward`) count as reward functions, named after the environment class.
+        grpo_std (`str`, *optional*, defaults to `"population"`):
+            The std of `advantage_estimator="grpo"`: `"population"` (0 where it is 0; for binary rewards exactly the
+            beta = 0.5 member of Eq. 10) or `"sample"` (TRL's Bessel-corrected std + 1e-4: TRL's own numbers).
+            `"grpo"` honours `scale_rewards` as TRL does (`"group"`, `"batch"`, `"none"`).
         pass_at_k (`int`, *optional*, defaults to `5`):
             K of `"pass_at_k"`; 1 <= K <= `num_generations`.
         entropy_adv_alpha (`float`, *optional*, defaults to `0.0`):
@@ -81,9 +91,10 @@ class AsymGRPOConfig(GRPOConfig):
             (the default) turns it off at no cost.
 
     Clip-higher is TRL's `epsilon_high`, the entropy bonus TRL's `entropy_coef`, token-level aggregation TRL's
-    `loss_type="dapo"` (the default): they are used as they are. `scale_rewards="batch"` and
-    `multi_objective_aggregation="normalize_then_sum"` normalise TRL's own advantages, which this estimator
-    replaces, so they are rejected.
+    `loss_type="dapo"` (the default): they are used as they are. `scale_rewards="batch"` normalises TRL's own
+    advantages, which the estimators of binary successes replace: it is rejected except under `"grpo"`;
+    `multi_objective_aggregation="normalize_then_sum"` normalises each reward function before summing, which no
+    estimator here sees (they work on one reward per rollout): it is rejected (`docs/estimators.md`).
     """
 
     advantage_estimator: str = field(
@@ -92,12 +103,18 @@ class AsymGRPOConfig(GRPOConfig):
     )
     beta_pos: float | None = field(default=None, metadata={"help": "Exponent on correct rollouts (Eq. 10)."})
     beta_neg: float | None = field(default=None, metadata={"help": "Exponent on incorrect rollouts (Eq. 10)."})
-    success_threshold: float = field(default=1.0, metadata={"help": "A rollout succeeds when reward >= this."})
+    success_threshold: float | None = field(
+        default=None, metadata={"help": "A rollout succeeds when reward >= this (unset: 1.0)."}
+    )
     success_reward_func: str | None = field(
         default=None,
         metadata={"help": "Reward function whose score decides success, or 'weighted_sum' (required with several)."},
     )
     pass_at_k: int = field(default=5, metadata={"help": "K of the pass_at_k estimator."})
+    grpo_std: str = field(
+        default="population",
+        metadata={"help": "Std of the grpo estimator ('sample' = TRL's numbers).", "choices": list(GRPO_STD)},
+    )
     entropy_adv_alpha: float = field(default=0.0, metadata={"help": "Entropy-advantage alpha (0 = off)."})
     entropy_adv_kappa: float = field(default=2.0, metadata={"help": "Entropy-advantage kappa."})
     entropy_scope: str = field(
@@ -128,8 +145,8 @@ class AsymGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        super().__post_init__()  # TRL's own checks first: ours never mask them
         self._validate_estimator()
-        super().__post_init__()
         self._validate_against_grpo()
         validate_weight_sync(self)
 
@@ -155,7 +172,7 @@ class AsymGRPOConfig(GRPOConfig):
             raise ValueError(
                 f"success_reward_func is not used by advantage_estimator={est.name!r} (it uses raw rewards)"
             )
-        if not math.isfinite(self.success_threshold):
+        if self.success_threshold is not None and not math.isfinite(self.success_threshold):
             raise ValueError(f"success_threshold={self.success_threshold} must be a finite number")
         if self.entropy_adv_alpha < 0 or not math.isfinite(self.entropy_adv_alpha):
             raise ValueError(f"entropy_adv_alpha={self.entropy_adv_alpha} must be a finite number >= 0 (0 = off)")
@@ -164,6 +181,8 @@ class AsymGRPOConfig(GRPOConfig):
                 f"entropy_adv_kappa={self.entropy_adv_kappa} must be a finite number > 1 (Cheng et al.: the entropy "
                 "term must not reverse the sign of a negative advantage)"
             )
+        if self.grpo_std not in GRPO_STD:
+            raise ValueError(f"grpo_std={self.grpo_std!r} is unknown; choose one of {list(GRPO_STD)}")
         if self.entropy_scope not in ENTROPY_SCOPES:
             raise ValueError(f"entropy_scope={self.entropy_scope!r} is unknown; choose one of {list(ENTROPY_SCOPES)}")
         self._validate_diagnostics()
@@ -176,11 +195,16 @@ class AsymGRPOConfig(GRPOConfig):
         if self.likelihood_displacement_steps > 0 and not self.log_diagnostics:
             raise ValueError("likelihood_displacement_steps > 0 needs log_diagnostics=True")
 
+    @property
+    def threshold(self) -> float:
+        """The success threshold in effect (``success_threshold``, or 1.0 when unset)."""
+        return DEFAULT_SUCCESS_THRESHOLD if self.success_threshold is None else self.success_threshold
+
     def check_success_rule(self, num_reward_funcs: int):
-        """With several reward functions, success must name its rule: accuracy + format summed and thresholded
-        would count wrong boxed answers as successes."""
-        uses_success = get_estimator(self.advantage_estimator).uses_success
-        if num_reward_funcs > 1 and self.success_reward_func is None and uses_success:
+        """With several reward functions (environment rewards included), an estimator of binary successes needs
+        the rule named: accuracy + format summed and thresholded would count wrong boxed answers as successes."""
+        binary = get_estimator(self.advantage_estimator).binary
+        if num_reward_funcs > 1 and self.success_reward_func is None and binary:
             raise ValueError(
                 f"{num_reward_funcs} reward functions: set success_reward_func to the one that decides success "
                 "(e.g. 'accuracy'), or to 'weighted_sum' to threshold TRL's weighted sum at success_threshold"
@@ -197,10 +221,10 @@ class AsymGRPOConfig(GRPOConfig):
             g = getattr(self, name)
             if g is not None and g < est.min_group_size:
                 raise ValueError(f"{name}={g}: {est.name} needs a group size >= {est.min_group_size}")
-        if self.scale_rewards == "batch":
+        if self.scale_rewards == "batch" and "scale_rewards" not in est.params:
             raise ValueError(
-                "scale_rewards='batch' normalises TRL's own advantages, which advantage_estimator replaces; "
-                "leave it at 'group' (or 'none')"
+                f"scale_rewards='batch' normalises TRL's own advantages, which advantage_estimator={est.name!r} "
+                "replaces; leave it at 'group' (or use advantage_estimator='grpo', which honours it)"
             )
         if self.scale_rewards == "none" and est.name not in ("grpo", "dr_grpo"):  # dr_grpo: none is its definition
             raise ValueError(
@@ -210,7 +234,8 @@ class AsymGRPOConfig(GRPOConfig):
         if self.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError(
                 f"multi_objective_aggregation={self.multi_objective_aggregation!r} is not supported: "
-                "advantage_estimator works on the weighted sum of the rewards ('sum_then_normalize')"
+                "every advantage_estimator works on one reward per rollout, the weighted sum "
+                "('sum_then_normalize'); see docs/estimators.md"
             )
         if self.entropy_scope != "all":
             if self.entropy_coef == 0.0:

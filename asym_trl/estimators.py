@@ -30,6 +30,7 @@ from .advantages import (
     dr_grpo_advantages,
     ent_decrease_advantages,
     ent_increase_advantages,
+    grpo_advantages,
     pass_at_k_advantages,
 )
 
@@ -44,7 +45,8 @@ __all__ = [
 ]
 
 # The config fields an estimator may read (AsymGRPOConfig fields of the same name).
-ESTIMATOR_PARAMS = ("beta_pos", "beta_neg", "success_threshold", "pass_at_k")
+ESTIMATOR_PARAMS = ("beta_pos", "beta_neg", "success_threshold", "pass_at_k", "grpo_std", "scale_rewards")
+DEFAULT_SUCCESS_THRESHOLD = 1.0  # what success_threshold=None (unset) means
 BETAS = ("beta_pos", "beta_neg")
 
 
@@ -58,6 +60,7 @@ class Estimator:
     defaults: dict[str, float] = field(default_factory=dict)
     fixed: dict[str, float] = field(default_factory=dict)
     uses_success: bool = True
+    binary: bool = True
     min_group_size: int = 1
     description: str = ""
 
@@ -66,8 +69,8 @@ class Estimator:
         return any(name in self.params for name in BETAS)
 
     def __call__(self, rewards: torch.Tensor, **params) -> torch.Tensor:
-        """``fn(rewards, **params)`` with the parameters it reads (the others are ignored)."""
-        return self.fn(rewards, **{name: params[name] for name in self.params})
+        """``fn(rewards, **params)`` with the parameters it reads (the others are ignored; missing: its defaults)."""
+        return self.fn(rewards, **{name: params.get(name, self.defaults.get(name)) for name in self.params})
 
 
 _REGISTRY: dict[str, Estimator] = {}
@@ -81,6 +84,7 @@ def register_estimator(
     defaults: dict[str, float] | None = None,
     fixed: dict[str, float] | None = None,
     uses_success: bool = True,
+    binary: bool = True,
     min_group_size: int = 1,
     description: str = "",
     fn: Callable[..., torch.Tensor] | None = None,
@@ -88,12 +92,16 @@ def register_estimator(
     """Register ``fn(rewards, **params) -> advantages`` under ``name``; usable as a decorator (returns the Estimator).
 
     Args:
-        params: the config fields it reads, among ``beta_pos``, ``beta_neg``, ``success_threshold``, ``pass_at_k``;
-            it is called with exactly these as keywords.  A config that sets a beta it does not read is rejected.
+        params: the config fields it reads, among :data:`ESTIMATOR_PARAMS`; it is called with exactly these as
+            keywords.  A config that sets a beta it does not read is rejected.
         defaults: values of ``params`` used when the config leaves them unset (the betas default to ``None``).
         fixed: values a preset pins (the config accepts only these, or unset).
         uses_success: ``False`` for an estimator of raw reward values (``dr_grpo``): it works on TRL's weighted sum
             of the reward functions and ``success_reward_func`` does not apply.
+        binary: ``True`` (the default) for an estimator of binary successes: rewards outside {0, 1} stop training
+            at the first batch unless ``success_threshold`` or ``success_reward_func`` is set, and several reward
+            functions need ``success_reward_func``.  ``False`` for one of raw reward values (``grpo``, ``dr_grpo``):
+            by default it sees TRL's weighted sum.
         min_group_size: the smallest ``num_generations`` it is defined for.
     """
     unknown = set(params) - set(ESTIMATOR_PARAMS)
@@ -111,6 +119,7 @@ def register_estimator(
             defaults={**(defaults or {}), **(fixed or {})},
             fixed=dict(fixed or {}),
             uses_success=uses_success,
+            binary=binary,
             min_group_size=min_group_size,
             description=description,
         )
@@ -162,6 +171,8 @@ register_estimator(
     "asym", params=_BETA_FAMILY, defaults={"beta_pos": 0.9, "beta_neg": 0.4}, description="AsymGRPO, Eq. 10"
 )(asym_advantages)
 for _preset, (_pos, _neg) in BETA_PRESETS.items():  # the named members of the Eq. 10 family
+    if _preset == "grpo":
+        continue  # registered below: for binary rewards the same advantages, for any other TRL's
     register_estimator(
         _preset, params=_BETA_FAMILY, fixed={"beta_pos": _pos, "beta_neg": _neg}, description="Eq. 10 preset"
     )(asym_advantages)
@@ -178,12 +189,26 @@ for _name, _fn, _curve in (
     )(_fn)
 
 
+@register_estimator(
+    "grpo",
+    params=("beta_pos", "beta_neg", "grpo_std", "scale_rewards"),
+    defaults={"grpo_std": "population", "scale_rewards": "group"},
+    fixed=dict(zip(BETAS, BETA_PRESETS["grpo"], strict=True)),
+    binary=False,
+    description="Eq. 4: TRL's GRPO on raw rewards; beta = 0.5 of Eq. 10 for binary ones",
+)
+def _grpo(rewards, *, beta_pos, beta_neg, grpo_std, scale_rewards):
+    return grpo_advantages(rewards, grpo_std, scale_rewards)
+
+
 @register_estimator("pass_at_k", params=("pass_at_k", "success_threshold"), description="Chen et al. 2025")
 def _pass_at_k(rewards, *, pass_at_k, success_threshold):
     return pass_at_k_advantages(rewards, pass_at_k, success_threshold)
 
 
-register_estimator("dr_grpo", uses_success=False, description="r - mean(r), Liu et al. 2025")(dr_grpo_advantages)
+register_estimator("dr_grpo", uses_success=False, binary=False, description="r - mean(r), Liu et al. 2025")(
+    dr_grpo_advantages
+)
 
 
 def compute_advantages(
@@ -193,8 +218,10 @@ def compute_advantages(
     *,
     beta_pos: float | None = None,
     beta_neg: float | None = None,
-    success_threshold: float = 1.0,
+    success_threshold: float = DEFAULT_SUCCESS_THRESHOLD,
     pass_at_k: int = 5,
+    grpo_std: str = "population",
+    scale_rewards: str = "group",
 ) -> torch.Tensor:
     """Flat ``(N,)`` rewards in TRL's order (each prompt's G rollouts consecutive) -> ``(N,)`` advantages.
 
@@ -209,6 +236,13 @@ def compute_advantages(
             f"rewards must be a flat tensor whose length is a multiple of num_generations={num_generations}, "
             f"got shape {tuple(rewards.shape)}"
         )
-    given = dict(beta_pos=beta_pos, beta_neg=beta_neg, success_threshold=success_threshold, pass_at_k=pass_at_k)
+    given = dict(
+        beta_pos=beta_pos,
+        beta_neg=beta_neg,
+        success_threshold=success_threshold,
+        pass_at_k=pass_at_k,
+        grpo_std=grpo_std,
+        scale_rewards=scale_rewards,
+    )
     params = {k: est.defaults.get(k) if v is None else v for k, v in given.items()}
     return est(rewards.view(-1, num_generations), **params).reshape(-1)

@@ -14,6 +14,7 @@ counters, the gathered rewards), never on local data.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import torch
@@ -37,6 +38,7 @@ class GroupDiagnostics(TrainerCallback):
         self.cov_records = []  # (rollout_index, Eq. 12 log-prob) from the first pass over a generation
         self.cov_totals = None  # Eq. 14 (sums of Cov(log pi, A), counts, sums of Cov(log pi, r)) over the window
         self.epoch_counts = torch.zeros(3, dtype=torch.long)  # all-solved, none-solved, scorable groups
+        self.epoch_history = []  # one {step, epoch_index, epoch_all_solved, epoch_none_solved} per epoch
         self.displacement = []  # micro-batches of the optimizer step whose displacement is measured
 
     # -- events ---------------------------------------------------------------------------------------------------
@@ -96,17 +98,25 @@ class GroupDiagnostics(TrainerCallback):
             self.displacement.append((batch, mask, correct, logps))  # logps: the policy before the update
 
     def on_step_end(self, args, state, control, **kwargs):
-        """After each optimizer step, before logging: likelihood displacement; epoch-wise shares at an epoch end."""
+        """After each optimizer step, before logging: likelihood displacement; epoch-wise shares at an epoch end (and
+        of the partial epoch at ``max_steps``)."""
         if self.displacement:
             self._measure_likelihood_displacement()
         if float(state.epoch).is_integer() or state.global_step >= state.max_steps:
             all_solved, none_solved, scored = self.epoch_counts.tolist()
             if scored:
-                metrics(self.trainer, "train")["groups/epoch_all_solved"].append(all_solved / scored)
-                metrics(self.trainer, "train")["groups/epoch_none_solved"].append(none_solved / scored)
-                if args.logging_strategy != "no":
-                    control.should_log = True  # one log entry closes every epoch
+                self._log_epoch(math.ceil(state.epoch), state.global_step, all_solved / scored, none_solved / scored)
             self.epoch_counts.zero_()
+
+    def _log_epoch(self, epoch: int, step: int, all_solved: float, none_solved: float) -> None:
+        """The epoch's shares, in the next log entry TRL makes anyway (no extra entry, which would flush TRL's
+        buffer): set, not appended, so ``log()`` never averages two epochs; ``groups/epoch_index`` says which
+        epoch it is.  Every epoch's shares stay in ``epoch_history`` (a log interval may span two epoch ends)."""
+        values = {"epoch_index": epoch, "epoch_all_solved": all_solved, "epoch_none_solved": none_solved}
+        self.epoch_history.append({"step": step, **values})
+        logged = metrics(self.trainer, "train")
+        for name, value in values.items():
+            logged[f"groups/{name}"] = [value]
 
     def on_train_end(self, args, state, control, **kwargs):
         self.trainer.save_state()  # trainer_state.json in output_dir, for `asym-trl plot` (main process only)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import warnings
 
 import torch
 
@@ -13,6 +14,22 @@ from .group_diagnostics import GroupDiagnostics
 from .rewards import REWARD_FUNCS
 from .trl_compat import GRPOHooks, TokenStats, disable_entropy_bonus, replace_logged_advantages
 from .vllm_sync import GuardedVLLMGeneration, vllm_generation_class
+
+DEGENERATE_BATCHES = 10  # generation batches in a row with all advantages 0 before a warning
+
+
+def non_binary_rewards_message(rewards: torch.Tensor, rewards_per_func: torch.Tensor, names: list[str]) -> str:
+    """'' when the scorable deciding ``rewards`` are all 0 or 1; else which rewards were seen, per function."""
+    seen = rewards[~torch.isnan(rewards)]
+    if bool(((seen == 0) | (seen == 1)).all()):
+        return ""
+    per_func = ", ".join(
+        f"{name} in [{col.nan_to_num(float('inf')).min().item():g}, {col.nan_to_num(float('-inf')).max().item():g}]"
+        for name, col in zip(names, rewards_per_func.T, strict=True)
+    )
+    values = sorted(set(seen.tolist()))
+    shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
+    return f"the rewards deciding success take the values {{{shown}}} ({per_func})"
 
 
 class AsymGRPOTrainer(GRPOHooks):
@@ -57,9 +74,10 @@ class AsymGRPOTrainer(GRPOHooks):
             args = AsymGRPOConfig(f"{str(name).split('/')[-1]}-AsymGRPO")
         if not isinstance(args, AsymGRPOConfig):
             raise TypeError(f"AsymGRPOTrainer needs args=AsymGRPOConfig(...), got {type(args).__name__}")
-        args.check_success_rule(len(reward_funcs) if isinstance(reward_funcs, list) else 1)  # before any model load
         with vllm_generation_class(args):
-            super().__init__(model, reward_funcs, args, *more, **kwargs)
+            super().__init__(model, reward_funcs, args, *more, **kwargs)  # TRL's checks first: ours never mask them
+        args.check_success_rule(len(self.reward_funcs))  # environment rewards included
+        self._degenerate_batches = 0
         self.estimator = get_estimator(args.advantage_estimator)
         if isinstance(getattr(self, "vllm_generation", None), GuardedVLLMGeneration):
             self.vllm_generation.current_step = lambda: self.state.global_step
@@ -78,12 +96,13 @@ class AsymGRPOTrainer(GRPOHooks):
 
     # ----------------------------------------------------------------- 1. advantages
     def _resolve_success_func(self) -> int | None:
-        """Column of the reward that decides success; None = TRL's weighted sum (dr_grpo, or 'weighted_sum')."""
+        """Column of the reward that decides success; None = TRL's weighted sum (dr_grpo, grpo by default, or
+        'weighted_sum')."""
         name = self.args.success_reward_func
         if not self.estimator.uses_success or name == "weighted_sum":
             return None
         if name is None:
-            return 0  # the only reward function, unweighted
+            return 0 if self.estimator.binary else None  # binary: the only reward function, unweighted
         names = self.reward_func_names
         if name not in names and name in REWARD_FUNCS:  # a registry name, e.g. "accuracy"
             name = REWARD_FUNCS[name].__name__ if REWARD_FUNCS[name].__name__ in names else name
@@ -105,9 +124,14 @@ class AsymGRPOTrainer(GRPOHooks):
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
         rewards = self._estimator_rewards(rewards_per_func)
-        params = {name: getattr(self.args, name) for name in ESTIMATOR_PARAMS}
+        self._check_binary(rewards, rewards_per_func)
+        params = {name: getattr(self.args, name) for name in ESTIMATOR_PARAMS} | {
+            "success_threshold": self.args.threshold
+        }
         advantages = self.estimator(rewards.view(-1, num_generations), **params).reshape(-1)
-        success = rewards >= self.args.success_threshold  # NaN compares False
+        success = rewards >= self.args.threshold  # NaN compares False
+        if mode == "train":
+            self._watch_degenerate(advantages)
 
         rank = self.accelerator.process_index
         local = slice(rank * len(inputs), (rank + 1) * len(inputs))
@@ -119,6 +143,33 @@ class AsymGRPOTrainer(GRPOHooks):
             output["rollout_index"] = torch.arange(len(rewards), device=rewards.device)[local]
         replace_logged_advantages(self, advantages)
         return output
+
+    def _check_binary(self, rewards, rewards_per_func):
+        """An estimator of binary successes on rewards outside {0, 1}, with no success rule set: stop (issue #11)."""
+        args = self.args
+        if not self.estimator.binary or args.success_threshold is not None or args.success_reward_func is not None:
+            return
+        message = non_binary_rewards_message(rewards, rewards_per_func, self.reward_func_names)
+        if message:
+            raise ValueError(
+                f"advantage_estimator={self.estimator.name!r} needs binary successes, but {message}; at the "
+                f"default success_threshold={args.threshold} most groups would be all-solved or all-failed and "
+                "train nothing. Set success_threshold (a rollout succeeds when its reward >= it) and/or "
+                "success_reward_func (the reward that decides success, or 'weighted_sum'), or use "
+                "advantage_estimator='grpo' (TRL's GRPO on raw rewards) or 'dr_grpo'"
+            )
+
+    def _watch_degenerate(self, advantages):
+        """Warn when every advantage of DEGENERATE_BATCHES generation batches in a row is 0 (nothing trains)."""
+        self._degenerate_batches = self._degenerate_batches + 1 if bool((advantages == 0).all()) else 0
+        if self._degenerate_batches == DEGENERATE_BATCHES:
+            warnings.warn(
+                f"!!! {DEGENERATE_BATCHES} generation batches in a row with every advantage 0: no gradient from the "
+                "policy loss. Every group is degenerate (all rollouts succeed or all fail"
+                f"{'' if self.estimator.binary else ', or all rewards are equal'}): check the rewards against "
+                f"success_threshold={self.args.threshold} and success_reward_func, or the task's difficulty !!!",
+                stacklevel=2,
+            )
 
     # ----------------------------------------------------------------- 2-4. the loss
     def wants_token_stats(self) -> bool:

@@ -130,6 +130,24 @@ def test_trl_grpo_formula_is_ours_times_sqrt_g_minus_1_over_g():
                 assert (trl / ours).tolist() == pytest.approx([0.935] * G, abs=1e-3)
 
 
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_grpo_sample_std_is_trl_exactly_for_any_rewards(scale):
+    """grpo_std='sample' is TRL 1.16's sum_then_normalize formula, NaN (None) rewards and scale_rewards included."""
+    from trl.trainer.utils import nanstd
+
+    r = torch.tensor([[0.3, 2.5, float("nan"), 7.0], [1.0, 1.0, 1.0, 1.0], [float("nan")] * 3 + [4.0]])
+    centred = r - torch.nanmean(r, dim=1, keepdim=True)
+    std = {"group": nanstd(r, dim=1, keepdim=True), "batch": nanstd(r), "none": None}[scale]
+    trl = torch.nan_to_num(centred if std is None else centred / (std + 1e-4), nan=0.0)
+    got = compute_advantages(r.view(-1), 4, "grpo", grpo_std="sample", scale_rewards=scale).view(3, 4)
+    assert torch.allclose(got, trl, atol=1e-6)
+    population = compute_advantages(r.view(-1), 4, "grpo", scale_rewards=scale).view(3, 4)
+    assert (population[1] == 0).all() and (population[2] == 0).all() and population[0, 2] == 0
+    if scale == "group":  # (r - mean) / pstd: mean 0, unit population variance over the scorable rollouts
+        valid = population[0, [0, 1, 3]]
+        assert valid.mean().abs() < 1e-6 and (valid.pow(2).mean() - 1).abs() < 1e-5
+
+
 def test_presets_are_members_of_eq10():
     r = torch.tensor([1, 0, 0, 1, 1, 0, 1, 1.0])
     for name, (bp, bn) in {
@@ -138,7 +156,8 @@ def test_presets_are_members_of_eq10():
         "pos_only": (0.5, 0),
         "neg_only": (0, 0.5),
     }.items():
-        assert torch.equal(compute_advantages(r, 8, name), compute_advantages(r, 8, "asym", beta_pos=bp, beta_neg=bn))
+        want = compute_advantages(r, 8, "asym", beta_pos=bp, beta_neg=bn)
+        assert torch.allclose(compute_advantages(r, 8, name), want, rtol=1e-6), name  # grpo: (r - mean) / pstd
 
 
 def test_flipped_boundary_values_g8():
@@ -256,7 +275,7 @@ def test_finite_for_any_group_and_beta(rewards, beta_pos, beta_neg, name, k):
 def test_sign_matches_correctness_except_where_zero(rewards, beta_pos, beta_neg, name):
     r = torch.tensor([rewards], dtype=torch.float64)
     adv = ADVANTAGE_ESTIMATORS[name](r, beta_pos=beta_pos, beta_neg=beta_neg, success_threshold=1.0, pass_at_k=1)[0]
-    if name == "dr_grpo":  # sign of r - mean, on raw rewards
+    if name in ("dr_grpo", "grpo"):  # sign of r - mean, on raw rewards
         success = r[0] > torch.nanmean(r[0])
     else:
         success = r[0] >= 1.0

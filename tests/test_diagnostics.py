@@ -368,15 +368,18 @@ def test_covariance_window_and_displacement_period(model_path, tmp_path):
     assert "likelihood_displacement/correct" not in logged[1] | logged[3]
 
 
-def test_epoch_shares_get_their_own_log_entry(model_path, tmp_path):
-    """8 prompts = 2 steps per epoch; with logging_steps=5 the epoch ends still get an entry with exact shares."""
-    trainer = run_scripted(model_path, tmp_path / "out", dataset_size=8, max_steps=5, logging_steps=5)
+def test_epoch_shares_ride_on_trls_own_log_entries(model_path, tmp_path):
+    """8 prompts = 2 steps per epoch, logging_steps=3: no extra entry (TRL's metrics stay in every one); each entry
+    carries the last closed epoch's exact shares, never an average of two epochs; every epoch is in epoch_history."""
+    trainer = run_scripted(model_path, tmp_path / "out", dataset_size=8, max_steps=5, logging_steps=3)
     entries = {h["step"]: h for h in trainer.state.log_history if "loss" in h}
-    assert sorted(entries) == [2, 4, 5]
+    assert sorted(entries) == [3]
+    assert {"reward", "reward_std", "frac_reward_zero_std", "clip_ratio/region_mean"} <= entries[3].keys()
     # Generations 0-1, 2-3 and 4: k per group rotates (0, 1, 2, 4), so each has 1 all- and 1 none-solved of 4.
-    for step in (2, 4, 5):
-        assert entries[step]["groups/epoch_all_solved"] == 0.25 and entries[step]["groups/epoch_none_solved"] == 0.25
-    assert [entries[s]["epoch"] for s in (2, 4)] == [1.0, 2.0]
+    assert entries[3]["groups/epoch_index"] == 1 and entries[3]["groups/epoch_all_solved"] == 0.25
+    history = trainer.diagnostics.epoch_history
+    assert [(e["step"], e["epoch_index"]) for e in history] == [(2, 1), (4, 2), (5, 3)]
+    assert all(e["epoch_all_solved"] == 0.25 and e["epoch_none_solved"] == 0.25 for e in history)
 
 
 def test_diagnostics_off_logs_nothing(model_path, tmp_path):

@@ -59,19 +59,13 @@ def test_each_estimator_trains_and_changes_weights(estimator, tiny_model_path, c
     assert torch.allclose(logged, expected.float(), atol=1e-6)
 
 
-def test_grpo_preset_matches_trl_grpo_up_to_the_std_convention(tiny_model_path, cpu_config, tmp_path):
-    """Same seed, same data: TRL's advantages, first loss and first gradient are ours x pstd/(sstd + 1e-4).
-
-    Every group has p = k/G, so the factor is one number.  At ratio 1 the loss and its gradient are linear in
-    the advantages (the loss itself is ~0 here: centred advantages over equal-length completions).
-    """
-    G, k = 4, 1
-    reward = positional_reward(k, G)
-    common = dict(num_generations=G, max_steps=1)
+def side_by_side(tiny_model_path, cpu_config, reward_funcs, G=4, trl_kwargs=None, **ours_kwargs):
+    """One step of AsymGRPOTrainer(grpo) and of TRL's GRPOTrainer: same seed, data, rollouts."""
+    common = dict(num_generations=G, max_steps=1, **(trl_kwargs or {}))
     ours = AsymGRPOTrainer(
         tiny_model_path,
-        reward_funcs=reward,
-        args=cpu_config(advantage_estimator="grpo", **common),
+        reward_funcs=reward_funcs,
+        args=cpu_config(advantage_estimator="grpo", **common, **ours_kwargs),
         train_dataset=toy_sum_dataset(32),
     )
     ours.train()
@@ -87,20 +81,59 @@ def test_grpo_preset_matches_trl_grpo_up_to_the_std_convention(tiny_model_path, 
         report_to="none",
         **common,
     )
-    theirs = GRPOTrainer(tiny_model_path, reward_funcs=reward, args=trl_args, train_dataset=toy_sum_dataset(32))
+    theirs = GRPOTrainer(tiny_model_path, reward_funcs=reward_funcs, args=trl_args, train_dataset=toy_sum_dataset(32))
     theirs.train()
-
     assert list(ours._logs["completion"]) == list(theirs._logs["completion"])  # same seed, same rollouts
-    r = torch.tensor([1.0] * k + [0.0] * (G - k))
-    scale = (r.std(unbiased=False) / (r.std(unbiased=True) + 1e-4)).item()
     ours_adv = torch.tensor(list(ours._logs["advantages"]))
     theirs_adv = torch.tensor(list(theirs._logs["advantages"]))
+    return ours, theirs, ours_adv, theirs_adv
+
+
+def test_grpo_preset_matches_trl_grpo_up_to_the_std_convention(tiny_model_path, cpu_config):
+    """Same seed, same data: TRL's advantages, first loss and first gradient are ours x pstd/(sstd + 1e-4).
+
+    Every group has p = k/G, so the factor is one number.  At ratio 1 the loss and its gradient are linear in
+    the advantages (the loss itself is ~0 here: centred advantages over equal-length completions).
+    """
+    G, k = 4, 1
+    ours, theirs, ours_adv, theirs_adv = side_by_side(tiny_model_path, cpu_config, positional_reward(k, G), G)
+    r = torch.tensor([1.0] * k + [0.0] * (G - k))
+    scale = (r.std(unbiased=False) / (r.std(unbiased=True) + 1e-4)).item()
     assert torch.allclose(theirs_adv, ours_adv * scale, rtol=1e-5)
     assert torch.allclose(theirs_adv, ours_adv * math.sqrt((G - 1) / G), rtol=1e-3)  # the documented factor
     first_ours, first_theirs = ours.state.log_history[0], theirs.state.log_history[0]
     assert first_theirs["loss"] == pytest.approx(first_ours["loss"] * scale, abs=1e-6)
     assert first_ours["grad_norm"] > 0
     assert first_theirs["grad_norm"] == pytest.approx(first_ours["grad_norm"] * scale, rel=1e-4)
+
+
+def length_reward(completions, **kwargs):
+    return [float(len(c[-1]["content"])) for c in completions]
+
+
+def half_none_reward(completions, **kwargs):
+    return [None if i % 3 == 0 else 0.1 * i for i in range(len(completions))]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(reward_funcs=length_reward),
+        dict(reward_funcs=[length_reward, half_none_reward, coin_reward], trl_kwargs=dict(reward_weights=[0.1, 2, 1])),
+        dict(reward_funcs=length_reward, trl_kwargs=dict(scale_rewards="batch")),
+        dict(reward_funcs=length_reward, trl_kwargs=dict(scale_rewards="none")),
+    ],
+    ids=["continuous", "weighted_with_none", "scale_batch", "scale_none"],
+)
+def test_grpo_sample_std_is_trl_grpo_exactly_for_any_reward(case, tiny_model_path, cpu_config):
+    """grpo_std='sample': TRL's advantages, loss, grad-norm and log keys, for continuous, weighted, None rewards."""
+    ours, theirs, ours_adv, theirs_adv = side_by_side(tiny_model_path, cpu_config, grpo_std="sample", **case)
+    assert theirs_adv.abs().sum() > 0
+    assert torch.allclose(ours_adv, theirs_adv, rtol=1e-5, atol=1e-6)
+    first_ours, first_theirs = ours.state.log_history[0], theirs.state.log_history[0]
+    assert first_ours["loss"] == pytest.approx(first_theirs["loss"], rel=1e-4, abs=1e-7)
+    assert first_ours["grad_norm"] == pytest.approx(first_theirs["grad_norm"], rel=1e-4)
+    assert first_theirs.keys() <= first_ours.keys()
 
 
 def test_success_reward_func_decides_success(tiny_model_path, cpu_config):
@@ -128,8 +161,8 @@ def test_several_reward_functions_need_an_explicit_success_rule(tiny_model_path,
     def bonus(completions, **kwargs):
         return [0.5] * len(completions)
 
-    with pytest.raises(ValueError, match="2 reward functions: set success_reward_func"):  # before any model load
-        AsymGRPOTrainer("/no/such/model", reward_funcs=[coin_reward, bonus], args=cpu_config())
+    with pytest.raises(ValueError, match="2 reward functions: set success_reward_func"):  # before any training
+        AsymGRPOTrainer(tiny_model_path, [coin_reward, bonus], cpu_config(), train_dataset=toy_sum_dataset(8))
     # 'weighted_sum' opts in to TRL's weighted sum: coin + 0.5 >= 0.5 for every rollout, so all succeed
     args = cpu_config(advantage_estimator="reinforce", success_reward_func="weighted_sum", success_threshold=0.5)
     trainer = AsymGRPOTrainer(tiny_model_path, [coin_reward, bonus], args, train_dataset=toy_sum_dataset(32))
@@ -172,13 +205,15 @@ def token_entropies(trainer, batch):
 
 
 def make_trainer(tiny_model_path, cpu_config, **kw):
-    args = cpu_config(advantage_estimator="grpo", num_generations=8, per_device_train_batch_size=16, **kw)
+    args = cpu_config(num_generations=8, per_device_train_batch_size=16, **{"advantage_estimator": "grpo", **kw})
     return AsymGRPOTrainer(tiny_model_path, reward_funcs=coin_reward, args=args, train_dataset=toy_sum_dataset(8))
 
 
 def test_entropy_advantage_shapes_the_loss_per_token(tiny_model_path, cpu_config):
-    plain = make_trainer(tiny_model_path, cpu_config)
-    shaped = make_trainer(tiny_model_path, cpu_config, entropy_adv_alpha=0.4, entropy_adv_kappa=2.0)
+    plain = make_trainer(tiny_model_path, cpu_config, advantage_estimator="asym")  # not centred: the loss is not ~0
+    shaped = make_trainer(
+        tiny_model_path, cpu_config, advantage_estimator="asym", entropy_adv_alpha=0.4, entropy_adv_kappa=2.0
+    )
     batch = one_batch(plain)
     assert batch["advantages"].abs().sum() > 0
     mask = batch["completion_mask"].float()
