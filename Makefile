@@ -15,7 +15,7 @@ $(BIN)/asym-trl: pyproject.toml
 venv: $(BIN)/asym-trl
 
 quickstart: venv
-	$(BIN)/python -m asym_trl.quickstart
+	$(BIN)/python -m asym_trl.apps.quickstart
 
 test: venv
 	# vLLM (CPU build) in its own venv: tests/test_vllm_server.py starts a real server (docs/vllm.md)

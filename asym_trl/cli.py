@@ -9,7 +9,7 @@ import sys
 # name -> (module with a main(argv) function, one-line help). Add a line to add a command.
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": (
-        "asym_trl.quickstart",
+        "asym_trl.apps.quickstart",
         "offline CPU run: SFT warm start + AsymGRPO, held-out accuracy before -> after",
     ),
     "train": ("asym_trl.train", "train a recipe: asym-trl train --config recipes/qwen3-4b/asym.yaml [--dry-run]"),

@@ -204,7 +204,7 @@ def plot_runs(
 
 
 def plot_quickstart(run_dir: str | Path) -> Path:
-    """``quickstart.png`` in a run directory of ``asym_trl.quickstart``: training reward and entropy, held-out
+    """``quickstart.png`` in a run directory of ``asym_trl.apps.quickstart``: training reward and entropy, held-out
     accuracy, before vs after."""
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (e.g. Jupyter's) alone
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .evaluation import NON_THINKING, EvalSampling, TransformersGenerator
+from .generation import NON_THINKING, EvalSampling, TransformersGenerator
 from .rewards import score_completions
 from .trl_compat import fsdp_helper, greedy_vllm_sampling, last_loaded_step, metrics, set_last_loaded_step
 
@@ -92,7 +92,7 @@ class ValidationCallback(TrainerCallback):
     # -- evaluation ---------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def transformers_generator(self, **generator_kwargs):
-        """A :class:`~asym_trl.evaluation.TransformersGenerator` of the live policy, under TRL's generation context."""
+        """A :class:`~asym_trl.generation.TransformersGenerator` of the live policy, under TRL's generation context."""
         from trl.models import unwrap_model_for_generation
 
         trainer, args = self.trainer, self.trainer.args

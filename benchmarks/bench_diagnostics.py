@@ -33,7 +33,7 @@ from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOTrainer
 
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
-from asym_trl.tiny import build_tiny_model, toy_sum_dataset
+from asym_trl.apps.tiny import build_tiny_model, toy_sum_dataset
 
 
 def digit_first(completions, **kwargs):

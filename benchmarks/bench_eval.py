@@ -50,10 +50,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best time of each is kept")
     opts = parser.parse_args()
 
+    from asym_trl.apps.tiny import build_tiny_model
     from asym_trl.data import load_train_dataset
-    from asym_trl.evaluation import EvalSampling, TransformersGenerator, evaluate_benchmark
+    from asym_trl.evaluation import evaluate_benchmark
+    from asym_trl.generation import EvalSampling, TransformersGenerator
     from asym_trl.rewards import get_verifier
-    from asym_trl.tiny import build_tiny_model
 
     torch.set_num_threads(1)
     model_dir = build_tiny_model(tempfile.mkdtemp(prefix="bench-eval-"))

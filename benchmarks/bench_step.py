@@ -16,7 +16,7 @@ import tempfile
 from trl import GRPOConfig, GRPOTrainer
 
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
-from asym_trl.tiny import build_tiny_model, cpu_run_kwargs, toy_sum_dataset, toy_sum_reward
+from asym_trl.apps.tiny import build_tiny_model, cpu_run_kwargs, toy_sum_dataset, toy_sum_reward
 
 
 def step_times(trainer_cls, config_cls, model_dir, out_dir, opts, **extra) -> list[float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from asym_trl import AsymGRPOConfig
-from asym_trl.tiny import build_tiny_model, cpu_run_kwargs
+from asym_trl.apps.tiny import build_tiny_model, cpu_run_kwargs
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ import torch
 
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
 from asym_trl import diagnostics as diag
-from asym_trl.tiny import cpu_run_kwargs
+from asym_trl.apps.tiny import cpu_run_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
 G = 4
@@ -194,7 +194,7 @@ def make_config(output_dir, **overrides):
 
 
 def run_scripted(model_path, output_dir, dataset_size=64, **overrides):
-    from asym_trl.tiny import toy_sum_dataset
+    from asym_trl.apps.tiny import toy_sum_dataset
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     trainer = AsymGRPOTrainer(
@@ -449,7 +449,7 @@ def test_a_resumed_run_logs_what_the_straight_run_logs(model_path, tmp_path):
     checkpoint = tmp_path / "a" / "checkpoint-2"
     assert json.loads((checkpoint / "group_diagnostics.json").read_text())["cov_totals"] is not None
 
-    from asym_trl.tiny import toy_sum_dataset
+    from asym_trl.apps.tiny import toy_sum_dataset
 
     resumed = AsymGRPOTrainer(
         model=str(model_path),

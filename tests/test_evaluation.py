@@ -13,17 +13,8 @@ import pytest
 
 from asym_trl.cli import main as cli_main
 from asym_trl.data import load_benchmark
-from asym_trl.evaluation import (
-    PAPER_K,
-    EvalSampling,
-    OpenAIServerGenerator,
-    TransformersGenerator,
-    VLLMGenerator,
-    avg_at_k,
-    evaluate,
-    evaluate_benchmark,
-    markdown_table,
-)
+from asym_trl.evaluation import PAPER_K, avg_at_k, evaluate, evaluate_benchmark, markdown_table
+from asym_trl.generation import EvalSampling, OpenAIServerGenerator, TransformersGenerator, VLLMGenerator
 from asym_trl.rewards import MathVerifier
 
 FIXTURES = Path(__file__).parent / "fixtures"

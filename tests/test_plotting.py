@@ -7,9 +7,9 @@ import json
 import pytest
 
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
+from asym_trl.apps.tiny import cpu_run_kwargs, toy_sum_dataset
 from asym_trl.cli import main as cli_main
 from asym_trl.plotting import PANELS, load_log_history, make_figure, plot_runs
-from asym_trl.tiny import cpu_run_kwargs, toy_sum_dataset
 
 
 def digit_first(completions, **kwargs):

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from asym_trl.quickstart import QuickstartSettings, run_quickstart, warm_start
-from asym_trl.tiny import last_digit_answer, last_digit_reward, last_digit_splits
+from asym_trl.apps.quickstart import QuickstartSettings, run_quickstart, warm_start
+from asym_trl.apps.tiny import last_digit_answer, last_digit_reward, last_digit_splits
 
 
 def _pairs(dataset):

@@ -282,8 +282,11 @@ def test_bad_recipe_fails_before_model_load_naming_the_key(tmp_path, capsys, key
     [
         ({"model_name_or_path": None}, "model_name_or_path is not set"),
         ({"push_to_hub": True}, "push_to_hub is set but hub_model_id is not"),
-        ({"dataset_name": "asym_trl.tiny:no_such_factory"}, "dataset_name: cannot import dataset factory"),
-        ({"reward_funcs": ["asym_trl.tiny:toy_sum_reward", "nope:f"]}, "reward_funcs: cannot import reward function"),
+        ({"dataset_name": "asym_trl.apps.tiny:no_such_factory"}, "dataset_name: cannot import dataset factory"),
+        (
+            {"reward_funcs": ["asym_trl.apps.tiny:toy_sum_reward", "nope:f"]},
+            "reward_funcs: cannot import reward function",
+        ),
         ({"reward_funcs": ["accuracy", "format"]}, "2 reward functions: set success_reward_func"),
     ],
 )

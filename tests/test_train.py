@@ -53,7 +53,7 @@ def _tree_digest(path: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """One 2-step REINFORCE run of the CPU recipe with push_to_hub on while offline (returns dir, status, stderr)."""
-    from asym_trl.tiny import build_tiny_model
+    from asym_trl.apps.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("run")
     model = build_tiny_model(root / "tiny")

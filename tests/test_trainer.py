@@ -10,7 +10,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from asym_trl import AsymGRPOTrainer, compute_advantages
-from asym_trl.tiny import toy_sum_dataset
+from asym_trl.apps.tiny import toy_sum_dataset
 
 
 def coin_reward(completions, **kwargs):

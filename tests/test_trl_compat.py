@@ -15,7 +15,7 @@ import torch
 from datasets import IterableDataset
 
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
-from asym_trl.tiny import toy_sum_dataset
+from asym_trl.apps.tiny import toy_sum_dataset
 
 TRL_KEYS = {"loss", "entropy", "grad_norm"}  # every entry
 GENERATION_KEYS = {"reward", "reward_std", "frac_reward_zero_std", "completions/mean_length"}  # after a generation

@@ -11,8 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from asym_trl import AsymGRPOTrainer
+from asym_trl.apps.tiny import toy_sum_dataset, toy_sum_reward
 from asym_trl.data import load_benchmark
-from asym_trl.tiny import toy_sum_dataset, toy_sum_reward
 from asym_trl.validation import ValidationCallback, select_best
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -246,7 +246,7 @@ import json, os, sys
 from pathlib import Path
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer, validation
 from asym_trl.data import load_benchmark
-from asym_trl.tiny import toy_sum_dataset, toy_sum_reward
+from asym_trl.apps.tiny import toy_sum_dataset, toy_sum_reward
 
 out_dir, model_dir, bench_file, backend = sys.argv[1:5]
 world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))

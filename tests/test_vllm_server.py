@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from asym_trl import AsymGRPOTrainer
+from asym_trl.apps.tiny import toy_sum_dataset, toy_sum_reward
 from asym_trl.data import load_benchmark
-from asym_trl.tiny import toy_sum_dataset, toy_sum_reward
 from asym_trl.validation import ValidationCallback
 from asym_trl.vllm_serve import main as vllm_serve_main
 from asym_trl.vllm_sync import DiskSyncClient, DiskSyncVLLMGeneration, served_logprobs
@@ -224,7 +224,7 @@ def gemm_paths(log_path: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory):
     """The tiny model (tied output head, like Qwen3-4B) served in bfloat16; yields (url, model dir, log path)."""
-    from asym_trl.tiny import build_tiny_model
+    from asym_trl.apps.tiny import build_tiny_model
 
     workdir = tmp_path_factory.mktemp("vllm")
     model_dir = build_tiny_model(workdir / "model")

@@ -13,7 +13,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
-from asym_trl.tiny import cpu_run_kwargs, toy_sum_dataset
+from asym_trl.apps.tiny import cpu_run_kwargs, toy_sum_dataset
 
 G = 4
 

@@ -35,12 +35,13 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback
 
-from .config import AsymGRPOConfig
-from .evaluation import EvalSampling, TransformersGenerator, evaluate_policy
-from .plotting import plot_quickstart, plot_runs
+from ..config import AsymGRPOConfig
+from ..evaluation import evaluate_policy
+from ..generation import EvalSampling, TransformersGenerator
+from ..plotting import plot_quickstart, plot_runs
+from ..trainer import AsymGRPOTrainer
+from ..validation import ValidationCallback
 from .tiny import build_tiny_model, cpu_run_kwargs, last_digit_reward, last_digit_splits
-from .trainer import AsymGRPOTrainer
-from .validation import ValidationCallback
 
 __all__ = ["HeldOutCallback", "QuickstartSettings", "evaluate_heldout", "run_quickstart", "train_rl", "warm_start"]
 
