@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import textwrap
-import warnings
 
 import torch
 
@@ -11,25 +10,9 @@ from .advantages import entropy_shaped_advantages
 from .config import AsymGRPOConfig
 from .estimators import ESTIMATOR_PARAMS, get_estimator
 from .group_diagnostics import GroupDiagnostics
-from .rewards import REWARD_FUNCS
+from .success import DegenerateWatch, SuccessRule
 from .trl_compat import GRPOHooks, TokenStats, disable_entropy_bonus, replace_logged_advantages
 from .vllm_sync import GuardedVLLMGeneration, vllm_generation_class
-
-DEGENERATE_BATCHES = 10  # generation batches in a row with all advantages 0 before a warning
-
-
-def non_binary_rewards_message(rewards: torch.Tensor, rewards_per_func: torch.Tensor, names: list[str]) -> str:
-    """'' when the scorable deciding ``rewards`` are all 0 or 1; else which rewards were seen, per function."""
-    seen = rewards[~torch.isnan(rewards)]
-    if bool(((seen == 0) | (seen == 1)).all()):
-        return ""
-    per_func = ", ".join(
-        f"{name} in [{col.nan_to_num(float('inf')).min().item():g}, {col.nan_to_num(float('-inf')).max().item():g}]"
-        for name, col in zip(names, rewards_per_func.T, strict=True)
-    )
-    values = sorted(set(seen.tolist()))
-    shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
-    return f"the rewards deciding success take the values {{{shown}}} ({per_func})"
 
 
 class AsymGRPOTrainer(GRPOHooks):
@@ -77,11 +60,11 @@ class AsymGRPOTrainer(GRPOHooks):
         with vllm_generation_class(args):
             super().__init__(model, reward_funcs, args, *more, **kwargs)  # TRL's checks first: ours never mask them
         args.check_success_rule(len(self.reward_funcs))  # environment rewards included
-        self._degenerate_batches = 0
         self.estimator = get_estimator(args.advantage_estimator)
+        self.success_rule = SuccessRule(args, self.estimator, self.reward_func_names, self.reward_weights)
+        self._degenerate = DegenerateWatch(self.success_rule)
         if isinstance(getattr(self, "vllm_generation", None), GuardedVLLMGeneration):
             self.vllm_generation.current_step = lambda: self.state.global_step
-        self._success_func_index = self._resolve_success_func()
         self._scoped_entropy = args.entropy_scope != "all"
         if self._scoped_entropy:
             disable_entropy_bonus(self)  # TRL's bonus covers every token; ours is added in finish_loss
@@ -95,43 +78,17 @@ class AsymGRPOTrainer(GRPOHooks):
         return super().train(resume_from_checkpoint, *more, **kwargs)
 
     # ----------------------------------------------------------------- 1. advantages
-    def _resolve_success_func(self) -> int | None:
-        """Column of the reward that decides success; None = TRL's weighted sum (dr_grpo, grpo by default, or
-        'weighted_sum')."""
-        name = self.args.success_reward_func
-        if not self.estimator.uses_success or name == "weighted_sum":
-            return None
-        if name is None:
-            return 0 if self.estimator.binary else None  # binary: the only reward function, unweighted
-        names = self.reward_func_names
-        if name not in names and name in REWARD_FUNCS:  # a registry name, e.g. "accuracy"
-            name = REWARD_FUNCS[name].__name__ if REWARD_FUNCS[name].__name__ in names else name
-        if name not in names:
-            raise ValueError(
-                f"success_reward_func={self.args.success_reward_func!r} is not a reward function; have {names}"
-            )
-        return names.index(name)
-
-    def _estimator_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
-        """The (N,) rewards the estimator sees: one function's raw score, or TRL's weighted sum (NaN if unscorable)."""
-        if self._success_func_index is not None:
-            return rewards_per_func[:, self._success_func_index]
-        weights = self.reward_weights.to(rewards_per_func.device)
-        rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
-        return rewards.masked_fill(torch.isnan(rewards_per_func).all(dim=1), float("nan"))
-
     def rescore(self, output, inputs, rewards_per_func):
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
-        rewards = self._estimator_rewards(rewards_per_func)
-        self._check_binary(rewards, rewards_per_func)
+        rewards = self.success_rule.rewards(rewards_per_func)  # stops on non-binary rewards without a rule
         params = {name: getattr(self.args, name) for name in ESTIMATOR_PARAMS} | {
             "success_threshold": self.args.threshold
         }
         advantages = self.estimator(rewards.view(-1, num_generations), **params).reshape(-1)
-        success = rewards >= self.args.threshold  # NaN compares False
+        success = self.success_rule.success(rewards)
         if mode == "train":
-            self._watch_degenerate(advantages)
+            self._degenerate.update(advantages)
 
         rank = self.accelerator.process_index
         local = slice(rank * len(inputs), (rank + 1) * len(inputs))
@@ -143,33 +100,6 @@ class AsymGRPOTrainer(GRPOHooks):
             output["rollout_index"] = torch.arange(len(rewards), device=rewards.device)[local]
         replace_logged_advantages(self, advantages)
         return output
-
-    def _check_binary(self, rewards, rewards_per_func):
-        """An estimator of binary successes on rewards outside {0, 1}, with no success rule set: stop (issue #11)."""
-        args = self.args
-        if not self.estimator.binary or args.success_threshold is not None or args.success_reward_func is not None:
-            return
-        message = non_binary_rewards_message(rewards, rewards_per_func, self.reward_func_names)
-        if message:
-            raise ValueError(
-                f"advantage_estimator={self.estimator.name!r} needs binary successes, but {message}; at the "
-                f"default success_threshold={args.threshold} most groups would be all-solved or all-failed and "
-                "train nothing. Set success_threshold (a rollout succeeds when its reward >= it) and/or "
-                "success_reward_func (the reward that decides success, or 'weighted_sum'), or use "
-                "advantage_estimator='grpo' (TRL's GRPO on raw rewards) or 'dr_grpo'"
-            )
-
-    def _watch_degenerate(self, advantages):
-        """Warn when every advantage of DEGENERATE_BATCHES generation batches in a row is 0 (nothing trains)."""
-        self._degenerate_batches = self._degenerate_batches + 1 if bool((advantages == 0).all()) else 0
-        if self._degenerate_batches == DEGENERATE_BATCHES:
-            warnings.warn(
-                f"!!! {DEGENERATE_BATCHES} generation batches in a row with every advantage 0: no gradient from the "
-                "policy loss. Every group is degenerate (all rollouts succeed or all fail"
-                f"{'' if self.estimator.binary else ', or all rewards are equal'}): check the rewards against "
-                f"success_threshold={self.args.threshold} and success_reward_func, or the task's difficulty !!!",
-                stacklevel=2,
-            )
 
     # ----------------------------------------------------------------- 2-4. the loss
     def wants_token_stats(self) -> bool:
