@@ -9,6 +9,10 @@ scripts/gpu_check.sh wraps it for an offline GPU box (docs/gpu.md); ``--tiny`` r
    ``step_time``, generation included, median after the first step), peak memory (``max_memory_allocated``), their
    ratios (targets <= 1.03 and <= 1.02) and the zero-signal share (groups whose rewards are all equal).
 4. lora: the same with a LoRA adapter (r 16, all linear layers), AsymGRPOTrainer first this time.
+5. deepspeed: AsymGRPOTrainer under DeepSpeed ZeRO-2, then ZeRO-3 (recipes/accelerate_configs/zero{2,3}.yaml, one
+   process: ``accelerate launch --num_processes 1`` of this script with ``--deepspeed-worker STAGE``), 2 steps of at
+   most 128 completion tokens, then the disk weight sync to vLLM into a stand-in server: step time, peak memory, and
+   whether the synced file holds every parameter at its full shape (ZeRO-3 shards them). "skipped" without deepspeed.
 
 The model is the Qwen3 architecture built from a config at Qwen3-0.6B's shapes (random weights, no Hub), bf16, with
 gradient checkpointing; the tokenizer a word-level vocabulary "t0", "t1", ... built in memory. Generation is
@@ -18,18 +22,20 @@ with its defaults (asym, beta 0.9 / 0.4), diagnostics on, ``likelihood_displacem
 Random weights give every rollout of a group the same (random) quality, so the reward is planted: rollout j of prompt
 i succeeds when j < k_i, with k_i = i mod 9. Every success count 0..8 occurs; 2 of 9 groups carry no signal.
 
-    python benchmarks/gpu_check.py OUT_DIR [--tiny] [--steps 3] [--completion-length 512]
+    python benchmarks/gpu_check.py OUT_DIR [--tiny] [--steps 3] [--completion-length 512] [--sections deepspeed]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -47,6 +53,7 @@ QWEN3_06B = dict(  # Qwen3-0.6B's shapes: 0.6B parameters, 0.44B without the (ti
     num_key_value_heads=8,
     head_dim=128,
 )
+SECTIONS = ("advantages", "full", "lora", "deepspeed")
 TINY = dict(
     vocab_size=512,
     hidden_size=64,
@@ -102,6 +109,19 @@ def markdown(data: dict) -> str:
         ]
         row = " | ".join("—" if c is None else f"{c:.3f}" for c in cells)
         lines.append(f"| {name} | {row} |" + (f" error: {run['error']}" if "error" in run else ""))
+    deepspeed = sections.get("deepspeed")
+    if deepspeed:
+        lines += ["", "AsymGRPOTrainer under DeepSpeed, 1 process, then the disk weight sync:", ""]
+        if "skipped" in deepspeed:
+            lines.append(f"skipped: {deepspeed['skipped']}")
+        else:
+            lines += ["| ZeRO stage | step (s) | peak (GiB) | synced file: full shapes |", "|---|---|---|---|"]
+        for stage, run in deepspeed.get("stages", {}).items():
+            cells = [run.get(k) for k in ("step_time_s", "peak_memory_gib")]
+            row = " | ".join("—" if c is None else f"{c:.3f}" for c in cells)
+            lines.append(f"| {stage} | {row} | {run.get('synced_full_shapes', '—')} |")
+            if "error" in run:
+                lines.append(f"error (ZeRO-{stage}): {run['error']}")
     adv = sections.get("advantages")
     if adv:
         lines += [
@@ -163,7 +183,48 @@ def planted_reward(completions, k, **kwargs) -> list[float]:
     return [float(j % G < kk) for j, kk in enumerate(k)]
 
 
-def train(kind: str, opts, setup: dict, out_dir: Path, lora: bool) -> dict:
+class StandInServer:
+    """Takes the vLLM server's place for the disk weight sync: the synced file is what is checked."""
+
+    base_url = "file://synced-weights"
+
+    def reload_weights(self, weights_path):
+        return []
+
+    def reset_prefix_cache(self):
+        pass
+
+
+def sync_to_disk(trainer, weights_dir: Path, shapes: dict) -> dict:
+    """The library's disk weight sync (sync check off: no server) from the trained model; the file's shapes vs the
+    model's own, unsharded."""
+    from safetensors import safe_open
+
+    from asym_trl.vllm_sync import WEIGHTS_FILE, DiskSyncVLLMGeneration
+
+    class StandInDiskSync(DiskSyncVLLMGeneration):
+        def init_engine(self):
+            self.vllm_client = StandInServer()
+            self.weights_dir.mkdir(parents=True, exist_ok=True)
+
+    sync = StandInDiskSync(
+        trainer.model,
+        trainer.accelerator,
+        trainer.processing_class,
+        mode="server",
+        weights_dir=weights_dir,
+        sync_check="off",
+    )
+    sync.sync_weights()  # every process: ZeRO-3's gathers inside are collective
+    if not trainer.accelerator.is_main_process:
+        return {}
+    with safe_open(str(weights_dir / WEIGHTS_FILE), "pt") as f:
+        synced = {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
+    expected = {name: shape for name, shape in shapes.items() if name != "lm_head.weight" or name in synced}  # tied
+    return {"synced_tensors": len(synced), "synced_full_shapes": synced == expected}
+
+
+def train(kind: str, opts, setup: dict, out_dir: Path, lora: bool, sync_dir: Path | None = None) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
@@ -198,6 +259,7 @@ def train(kind: str, opts, setup: dict, out_dir: Path, lora: bool) -> dict:
         peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     model = build_model(setup["shapes"], setup["tokenizer"], setup["dtype"], setup["device"])
     parameters = sum(p.numel() for p in model.parameters())
+    shapes = {name: list(p.shape) for name, p in model.named_parameters()}
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -226,6 +288,8 @@ def train(kind: str, opts, setup: dict, out_dir: Path, lora: bool) -> dict:
         result["all_or_none_solved"] = statistics.mean(
             h["groups/all_solved"] + h["groups/none_solved"] for h in history
         )
+    if sync_dir is not None:
+        result |= sync_to_disk(trainer, sync_dir, shapes)
     del trainer, model
     gc.collect()
     if cuda:
@@ -268,13 +332,61 @@ def advantages(results: Results, opts, device: str) -> bool:
         return False
 
 
+def deepspeed_worker(opts, setup: dict) -> None:
+    """One ZeRO stage, under ``accelerate launch``: AsymGRPOTrainer, then the disk weight sync; JSON to OUT_DIR."""
+    from accelerate import PartialState
+
+    stage = opts.deepspeed_worker
+    result = train(
+        "asym", opts, setup, opts.out_dir / f"zero{stage}", lora=False, sync_dir=opts.out_dir / f"zero{stage}-sync"
+    )
+    result["distributed_type"] = str(PartialState().distributed_type)
+    if PartialState().is_main_process:
+        (opts.out_dir / f"zero{stage}.json").write_text(json.dumps(result))
+
+
+def deepspeed(results: Results, opts) -> bool:
+    if importlib.util.find_spec("deepspeed") is None:
+        results.add("deepspeed", {"skipped": "deepspeed not importable"})
+        return True
+    section, ok = {"stages": {}}, True
+    for stage in (2, 3):
+        run = section["stages"][stage] = {}
+        config = Path(__file__).parents[1] / "recipes" / "accelerate_configs" / f"zero{stage}.yaml"
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(config),
+            "--num_processes",
+            "1",
+        ]
+        cmd += ["--mixed_precision", "no" if opts.tiny else "bf16", __file__, str(opts.out_dir)]
+        cmd += ["--deepspeed-worker", str(stage), "--steps", "2", "--completion-length"]
+        cmd += [str(min(opts.completion_length, 128))] + ["--tiny"] * opts.tiny
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        print(proc.stdout + proc.stderr, flush=True)
+        report = opts.out_dir / f"zero{stage}.json"
+        if proc.returncode == 0 and report.exists():
+            run.update(json.loads(report.read_text()))
+        else:
+            run["error"] = f"rc {proc.returncode}: " + (proc.stderr.strip().splitlines() or [""])[-1]
+        ok &= "error" not in run and run.get("synced_full_shapes") is True
+        results.add("deepspeed", section)
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--tiny", action="store_true", help="a tiny model on CPU, for tests")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per trainer (the first warms up)")
     parser.add_argument("--completion-length", type=int, default=None, help="default 512 (tiny: 16)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated, of " + ", ".join(SECTIONS))
+    parser.add_argument("--deepspeed-worker", type=int, choices=(2, 3), help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    sections = opts.sections.split(",")
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     if opts.completion_length is None:
         opts.completion_length = 16 if opts.tiny else 512
@@ -282,6 +394,19 @@ def main() -> int:
     if not opts.tiny and device != "cuda":
         print("no CUDA device: run with --tiny on CPU", file=sys.stderr)
         return 2
+
+    shapes = TINY if opts.tiny else QWEN3_06B
+    tokenizer = build_tokenizer(shapes["vocab_size"])
+    setup = {
+        "shapes": shapes,
+        "tokenizer": tokenizer,
+        "dtype": torch.float32 if opts.tiny else torch.bfloat16,
+        "device": device,
+        "dataset": planted_dataset(64, 8 if opts.tiny else 64),
+    }
+    if opts.deepspeed_worker:
+        deepspeed_worker(opts, setup)
+        return 0
 
     import accelerate
     import peft
@@ -305,18 +430,13 @@ def main() -> int:
             "completion_length": opts.completion_length,
         },
     )
-    ok = advantages(results, opts, device)
-    shapes = TINY if opts.tiny else QWEN3_06B
-    tokenizer = build_tokenizer(shapes["vocab_size"])
-    setup = {
-        "shapes": shapes,
-        "tokenizer": tokenizer,
-        "dtype": torch.float32 if opts.tiny else torch.bfloat16,
-        "device": device,
-        "dataset": planted_dataset(64, 8 if opts.tiny else 64),
-    }
-    ok &= compare(results, "full", ("trl", "asym"), opts, setup, opts.out_dir, lora=False)
-    ok &= compare(results, "lora", ("asym", "trl"), opts, setup, opts.out_dir, lora=True)
+    ok = "advantages" not in sections or advantages(results, opts, device)
+    if "full" in sections:
+        ok &= compare(results, "full", ("trl", "asym"), opts, setup, opts.out_dir, lora=False)
+    if "lora" in sections:
+        ok &= compare(results, "lora", ("asym", "trl"), opts, setup, opts.out_dir, lora=True)
+    if "deepspeed" in sections:
+        ok &= deepspeed(results, opts)
     return 0 if ok else 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -24,7 +25,7 @@ def gpu_check(out_dir: Path, *options: str) -> tuple[subprocess.CompletedProcess
 def test_tiny_run_reports_both_trainers_and_the_benchmark(tmp_path):
     proc, sections = gpu_check(tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    assert list(sections) == ["env", "advantages", "full", "lora"]
+    assert list(sections) == ["env", "advantages", "full", "lora", "deepspeed"]
     assert sections["env"]["tiny"] is True
     assert set(sections["advantages"]["ms"]) >= {"TRL grpo", "asym", "ent_increase", "pass_at_k"}
     assert all(ms > 0 for ms in sections["advantages"]["ms"].values())
@@ -39,6 +40,11 @@ def test_tiny_run_reports_both_trainers_and_the_benchmark(tmp_path):
         assert 0 < trl["zero_signal_share"] == asym["zero_signal_share"] < 1
         assert asym["all_or_none_solved"] == pytest.approx(asym["zero_signal_share"])
     assert sections["lora"]["asym"]["parameters"] == sections["full"]["asym"]["parameters"]  # the base model
+    if importlib.util.find_spec("deepspeed") is None:  # as here: the section says so, and fails nothing
+        assert sections["deepspeed"] == {"skipped": "deepspeed not importable"}
+    else:
+        for run in sections["deepspeed"]["stages"].values():
+            assert "error" not in run and run["synced_full_shapes"] is True, run
     table = (tmp_path / "results.md").read_text()
     assert "| full |" in table and "| lora |" in table and "| asym |" in table
     assert "[gpu_check" in (tmp_path / "log.txt").read_text()
@@ -49,4 +55,5 @@ def test_a_failing_section_keeps_the_others(tmp_path):
     assert proc.returncode == 1
     assert "ms" in sections["advantages"] and "error" not in sections["advantages"]
     assert "max_new_tokens" in sections["full"]["error"] and "max_new_tokens" in sections["lora"]["error"]
+    assert "deepspeed" in sections  # reached after the failures
     assert "error:" in (tmp_path / "results.md").read_text()
