@@ -115,12 +115,30 @@ def _launch_error(script_args: ScriptArguments, training_args: AsymGRPOConfig, m
         return "model_name_or_path is not set (a Hub id or a local directory)"
     if training_args.push_to_hub and not training_args.hub_model_id:
         return "push_to_hub is set but hub_model_id is not (want 'user/name')"
+    if (engine := _engine_dropped_on_cpu(training_args)) is not None:
+        return (
+            f"accelerate was launched with a {engine} config, but this run is on CPU (use_cpu or no accelerator), "
+            f"where accelerate (1.15) silently drops {engine} and trains plain DDP: the model would not be sharded. "
+            "On CPU launch with recipes/accelerate_configs/cpu_multi.yaml (DDP); "
+            f"{engine} needs GPUs (tests/test_fsdp.py shows how FSDP2 is exercised on CPU)"
+        )
     if script_args.num_processes is not None and script_args.num_processes != world_size:
         return (
             f"num_processes={script_args.num_processes} (the world size this recipe's batch "
             f"arithmetic is written for) but {world_size} process(es) were launched; launch "
             f"{script_args.num_processes} or override num_processes and the batch sizes together"
         )
+    return None
+
+
+def _engine_dropped_on_cpu(training_args: AsymGRPOConfig) -> str | None:
+    """The sharding engine the accelerate launcher asked for (FSDP / DeepSpeed) when accelerate will drop it on CPU."""
+    import torch
+
+    on_cpu = training_args.use_cpu or not torch.accelerator.is_available()
+    for engine, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+        if on_cpu and os.environ.get(variable, "false").lower() == "true":
+            return engine
     return None
 
 

@@ -212,6 +212,16 @@ def test_world_size_must_match_the_recipe(tiny_model_path, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_fsdp_dropped_on_cpu_is_refused(tiny_model_path, tmp_path, capsys, monkeypatch):
+    """accelerate silently trains DDP when an FSDP config meets use_cpu: stop before loading anything. (DeepSpeed is
+    caught the same way where it is installed; without it transformers already stops on the missing package.)"""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --config_file fsdp.yaml` exports
+    assert _train(tiny_model_path, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "launched with a FSDP config, but this run is on CPU" in err and "cpu_multi.yaml" in err
+    assert not (tmp_path / "out").exists()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
