@@ -139,7 +139,10 @@ def make_figure(histories: Sequence[list[dict]], labels: Sequence[str], smooth: 
             a_val.plot(*_series(history, "val/avg"), "D-.", color=color, ms=4, label=f"{label}: val accuracy (avg)")
         a_solved.plot(*_epoch_shares(history, "all_solved"), "o-", color=color, label=f"{label}: all-solved (p=1)")
         a_solved.plot(*_epoch_shares(history, "none_solved"), "s--", color=color, label=f"{label}: none-solved (p=0)")
-        a_disp.plot(*_series(history, "likelihood_displacement/correct", smooth=smooth), "-", color=color, label=label)
+        for unit, style in (("rollout_step", "-"), ("optimizer_step", ":")):  # the paper's Fig. 2 d,h: rollout_step
+            series = _series(history, f"likelihood_displacement/{unit}", smooth=smooth)
+            if series[0]:
+                a_disp.plot(*series, style, color=color, label=f"{label}: per {unit.replace('_', ' ')}")
         a_cov.plot(*_cov_curve(history), "o-", color=color, label=label)
         a_adv.plot(
             *_series(history, "advantages/correct_abs_mean", smooth=smooth),
@@ -162,7 +165,7 @@ def make_figure(histories: Sequence[list[dict]], labels: Sequence[str], smooth: 
     a_cov.set(xlabel="group accuracy p = k/G", ylabel="Cov(length-normalised log-prob, advantage)", xlim=(0, 1))
     a_adv.set(xlabel="training step", ylabel="mean |advantage|")
     hints = {
-        a_disp: "not logged: set likelihood_displacement_steps",
+        a_disp: "not logged: set likelihood_displacement_rollout_steps",
         a_cov: "not logged: needs cov_window_rollout_steps > 0 and mixed groups",
         a_solved: "not logged: needs log_diagnostics",
         a_adv: "not logged: needs log_diagnostics",

@@ -6,7 +6,8 @@ other processes hits all of them alike:
 * ``trl``      -- TRL's GRPOTrainer (reference);
 * ``off``      -- AsymGRPOTrainer, ``log_diagnostics=False``;
 * ``on``       -- AsymGRPOTrainer, diagnostics on, likelihood displacement off (the default);
-* ``on+disp``  -- the same plus ``likelihood_displacement_steps=1`` (one extra forward per step).
+* ``on+disp``  -- the same plus ``likelihood_displacement_rollout_steps=1`` (one extra forward over the
+  correct rollouts of each rollout step).
 
 A step's time runs between consecutive ``on_step_end`` callbacks (generation, loss, backward, optimizer,
 diagnostics, displacement forward); the median over steps after a warm-up, then over repetitions.  Both
@@ -109,7 +110,7 @@ def step_time(setting: str, model_dir: str, out_dir: str, opts) -> tuple[float, 
             **kwargs,
             advantage_estimator="grpo",
             log_diagnostics=setting != "off",
-            likelihood_displacement_steps=1 if setting == "on+disp" else 0,
+            likelihood_displacement_rollout_steps=1 if setting == "on+disp" else 0,
         )
         trainer = AsymGRPOTrainer(model=model_dir, reward_funcs=digit_first, args=args, train_dataset=dataset)
     spent = time_diagnostics(trainer) if setting.startswith("on") else []

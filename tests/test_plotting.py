@@ -29,7 +29,7 @@ def run_dir(tiny_model_path, tmp_path_factory):
         max_completion_length=6,
         num_train_epochs=2,
         learning_rate=3e-3,
-        likelihood_displacement_steps=2,
+        likelihood_displacement_rollout_steps=2,
         eval_strategy="steps",
         eval_steps=2,
         per_device_eval_batch_size=8,
@@ -86,7 +86,7 @@ def test_missing_metrics_are_named_not_blank():
     history = [{"step": s, "epoch": s / 2, "reward": 0.1 * s, "entropy": 1.0 / s} for s in range(1, 5)]
     fig = make_figure([history], ["plain TRL"])
     empty = {ax.get_title(): ax.texts[0].get_text() for ax in fig.axes if ax.texts}
-    assert "likelihood_displacement_steps" in empty["(d) Likelihood displacement (correct rollouts)"]
+    assert "likelihood_displacement_rollout_steps" in empty["(d) Likelihood displacement (correct rollouts)"]
     assert set(empty) == {PANELS[2], PANELS[3], PANELS[4], PANELS[5]}
 
 
