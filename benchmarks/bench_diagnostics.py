@@ -14,8 +14,8 @@ diagnostics, displacement forward); the median over steps after a warm-up, then 
 wall time and this process's CPU time are reported: on a shared CPU machine other processes inflate wall
 time at random, while CPU time (torch on ``--threads`` threads, default 1) counts only this run's work.
 Because a few per cent is within the noise of that A/B comparison on a loaded machine, the ``on`` runs
-also time the diagnostics code itself (the trainer's ``_record_group_diagnostics``,
-``_record_loss_diagnostics`` and ``_diagnostics_step_end``, wall clock) and report it as a share of the
+also time the diagnostics code itself (``GroupDiagnostics.on_generation``, ``on_loss_micro_batch`` and
+``on_step_end``, wall clock) and report it as a share of the
 step: ``1 + share`` is the on/off ratio without the noise.  Target: on / off <= 1.02.
 
     PYTHONPATH=. python benchmarks/bench_diagnostics.py [--steps 6] [--reps 5] [--hidden 256] [--tokens 64]
@@ -56,11 +56,11 @@ class StepTimer(TrainerCallback):
         self._mark()
 
 
-DIAGNOSTICS_METHODS = ("_record_group_diagnostics", "_record_loss_diagnostics", "_diagnostics_step_end")
+DIAGNOSTICS_METHODS = ("on_generation", "on_loss_micro_batch", "on_step_end")  # of trainer.diagnostics
 
 
 def time_diagnostics(trainer) -> list[float]:
-    """Wrap the trainer's diagnostics entry points; the returned list collects their wall times."""
+    """Wrap the diagnostics' entry points (``trainer.diagnostics``); the returned list collects their wall times."""
     spent: list[float] = []
 
     def timed(method):
@@ -74,7 +74,7 @@ def time_diagnostics(trainer) -> list[float]:
         return wrapper
 
     for name in DIAGNOSTICS_METHODS:
-        setattr(trainer, name, timed(getattr(trainer, name)))
+        setattr(trainer.diagnostics, name, timed(getattr(trainer.diagnostics, name)))
     return spent
 
 
