@@ -123,6 +123,14 @@ class GroupDiagnostics(TrainerCallback):
         for name, value in values.items():
             logged[f"groups/{name}"] = [value]
 
+    def on_log(self, args, state, control, **kwargs):
+        """The entry just added to the log history gets its rollout step (``rollout_step``: the paper's training
+        step, the x-axis of ``asym-trl plot``); only ``trainer_state.json`` sees it, not the loggers."""
+        if state.log_history:
+            state.log_history[-1]["rollout_step"] = diag.rollout_steps_done(
+                state.global_step, args.gradient_accumulation_steps, args.steps_per_generation, args.num_iterations
+            )
+
     def on_train_end(self, args, state, control, **kwargs):
         self.trainer.save_state()  # trainer_state.json in output_dir, for `asym-trl plot` (main process only)
 

@@ -400,6 +400,8 @@ def test_rollout_displacement_period_counts_rollout_steps(model_path, tmp_path):
     logged = diag_metrics(trainer.state.log_history)
     assert [s for s in sorted(logged) if "likelihood_displacement/rollout_step" in logged[s]] == [4]
     assert not any("likelihood_displacement/optimizer_step" in m for m in logged.values())
+    # Every log entry carries its rollout step (the plots' x-axis): two optimizer steps each.
+    assert [h["rollout_step"] for h in trainer.state.log_history if "loss" in h] == [0.5, 1.0, 1.5, 2.0]
 
 
 def test_epoch_shares_ride_on_trls_own_log_entries(model_path, tmp_path):
