@@ -85,10 +85,16 @@ class AsymGRPOConfig(GRPOConfig):
             batches: the paper's "training steps", each `steps_per_generation x num_iterations /
             gradient_accumulation_steps` optimizer steps) and no longer computed afterwards. 0 disables it. The
             default is the paper's (App. B: the first 40 training steps).
-        likelihood_displacement_steps (`int`, *optional*, defaults to `0`):
-            Every this many optimizer steps, log E[log pi_new(y) - log pi_old(y)] over the correct rollouts of the
-            step (Lazy Likelihood Displacement, §3.1). Costs one extra forward pass over the step's rollouts; 0
-            (the default) turns it off at no cost.
+        likelihood_displacement_rollout_steps (`int`, *optional*, defaults to `0`):
+            Every this many rollout steps, log E[log pi_new(y) - log pi_old(y)] over the correct rollouts of the
+            generation batch, pi_old the policy that sampled it and pi_new the policy after all its optimizer steps
+            (Lazy Likelihood Displacement, §3.1; the paper's Fig. 2 d,h: "after each policy update", a verl update
+            being one rollout step). Costs one extra forward pass over the correct rollouts; 0 (the default) turns
+            it off at no cost.
+        likelihood_displacement_optimizer_steps (`int`, *optional*, defaults to `0`):
+            The same over one optimizer step: every this many optimizer steps, over the correct rollouts of that
+            step's micro-batches only (one mini-batch update). Costs one extra forward pass over the step's
+            rollouts; 0 (the default) turns it off.
 
     Clip-higher is TRL's `epsilon_high`, the entropy bonus TRL's `entropy_coef`, token-level aggregation TRL's
     `loss_type="dapo"` (the default): they are used as they are. `scale_rewards="batch"` normalises TRL's own
@@ -140,8 +146,12 @@ class AsymGRPOConfig(GRPOConfig):
     cov_window_rollout_steps: int = field(
         default=40, metadata={"help": "Cov(p) over the first N rollout steps (generation batches; 0 = off)."}
     )
-    likelihood_displacement_steps: int = field(
-        default=0, metadata={"help": "Measure likelihood displacement every N optimizer steps (0 = off)."}
+    likelihood_displacement_rollout_steps: int = field(
+        default=0,
+        metadata={"help": "Likelihood displacement over each Nth rollout step, as the paper's Fig. 2 d,h (0 = off)."},
+    )
+    likelihood_displacement_optimizer_steps: int = field(
+        default=0, metadata={"help": "Likelihood displacement over each Nth optimizer step (0 = off)."}
     )
 
     def __post_init__(self):
@@ -188,12 +198,13 @@ class AsymGRPOConfig(GRPOConfig):
         self._validate_diagnostics()
 
     def _validate_diagnostics(self):
-        for name in ("cov_window_rollout_steps", "likelihood_displacement_steps"):
+        displacement = ("likelihood_displacement_rollout_steps", "likelihood_displacement_optimizer_steps")
+        for name in ("cov_window_rollout_steps", *displacement):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}={value!r} must be an integer >= 0 (0 = off)")
-        if self.likelihood_displacement_steps > 0 and not self.log_diagnostics:
-            raise ValueError("likelihood_displacement_steps > 0 needs log_diagnostics=True")
+            if name in displacement and value > 0 and not self.log_diagnostics:
+                raise ValueError(f"{name} > 0 needs log_diagnostics=True")
 
     @property
     def threshold(self) -> float:

@@ -35,6 +35,7 @@ __all__ = [
     "likelihood_displacement_sums",
     "ratio",
     "rollout_step",
+    "rollout_steps_done",
     "solve_counts",
     "split_token_sums",
 ]
@@ -50,6 +51,15 @@ def rollout_step(global_step: int, gradient_accumulation_steps: int, steps_per_g
     TRL optimizer step ``global_step`` (0-based): TRL generates every ``steps_per_generation x num_iterations``
     micro-steps, and an optimizer step is ``gradient_accumulation_steps`` micro-steps."""
     return global_step * gradient_accumulation_steps // (steps_per_generation * num_iterations)
+
+
+def rollout_steps_done(
+    global_step: int, gradient_accumulation_steps: int, steps_per_generation: int, num_iterations: int
+):
+    """Rollout steps (the paper's training steps, the x-axis of its Figs. 2-4) completed after ``global_step``
+    optimizer steps: ``global_step x gradient_accumulation_steps / (steps_per_generation x num_iterations)``,
+    fractional inside a rollout step (:func:`rollout_step` of optimizer step ``s`` is the floor of this at ``s``)."""
+    return global_step * gradient_accumulation_steps / (steps_per_generation * num_iterations)
 
 
 def ratio(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ class GroupDiagnostics(TrainerCallback):
         self.epoch_counts = torch.zeros(3, dtype=torch.long)  # all-solved, none-solved, scorable groups
         self.epoch_history = []  # one {step, epoch_index, epoch_all_solved, epoch_none_solved} per epoch
         self.displacement = []  # micro-batches of the optimizer step whose displacement is measured
+        self.rollout_displacement = None  # (rollout step, correct rollouts of its generation batch) being measured
 
     # -- events ---------------------------------------------------------------------------------------------------
     def on_generation(self, mode, rewards, advantages, success, num_generations):
@@ -91,17 +92,21 @@ class GroupDiagnostics(TrainerCallback):
             return
         logps = stats.logps.detach()
         self._record_covariance(inputs, idx, logps, mask, groups)
-        every = trainer.args.likelihood_displacement_steps
+        self._record_rollout_displacement(inputs, logps, mask, correct, groups)
+        every = trainer.args.likelihood_displacement_optimizer_steps
         if every and (trainer.state.global_step + 1) % every == 0:  # the step this micro-batch belongs to
-            keys = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", *MODEL_INPUT_KEYS)
-            batch = {key: inputs.get(key) for key in keys}
+            batch = {key: inputs.get(key) for key in _BATCH_KEYS}
             self.displacement.append((batch, mask, correct, logps))  # logps: the policy before the update
 
     def on_step_end(self, args, state, control, **kwargs):
         """After each optimizer step, before logging: likelihood displacement; epoch-wise shares at an epoch end (and
         of the partial epoch at ``max_steps``)."""
         if self.displacement:
-            self._measure_likelihood_displacement()
+            self._measure_displacement(self.displacement, "optimizer_step")
+            self.displacement = []
+        if self.rollout_displacement is not None and self._rollout_step_closed(state.global_step):
+            self._measure_displacement(self.rollout_displacement[1], "rollout_step")
+            self.rollout_displacement = None
         if float(state.epoch).is_integer() or state.global_step >= state.max_steps:
             all_solved, none_solved, scored = self.epoch_counts.tolist()
             if scored:
@@ -117,6 +122,14 @@ class GroupDiagnostics(TrainerCallback):
         logged = metrics(self.trainer, "train")
         for name, value in values.items():
             logged[f"groups/{name}"] = [value]
+
+    def on_log(self, args, state, control, **kwargs):
+        """The entry just added to the log history gets its rollout step (``rollout_step``: the paper's training
+        step, the x-axis of ``asym-trl plot``); only ``trainer_state.json`` sees it, not the loggers."""
+        if state.log_history:
+            state.log_history[-1]["rollout_step"] = diag.rollout_steps_done(
+                state.global_step, args.gradient_accumulation_steps, args.steps_per_generation, args.num_iterations
+            )
 
     def on_train_end(self, args, state, control, **kwargs):
         self.trainer.save_state()  # trainer_state.json in output_dir, for `asym-trl plot` (main process only)
@@ -198,20 +211,63 @@ class GroupDiagnostics(TrainerCallback):
                 if counts[j] > 0:  # the running window average: the last value logged is over the window
                     metrics(self.trainer, "train")[f"{name}/p_{j:0{width}d}of{size}"] = [means[j].item()]
 
-    def _measure_likelihood_displacement(self):
-        """E[log pi_new(y) - log pi_old(y)] over the correct rollouts of the step just taken (§3.1).
+    def _record_rollout_displacement(self, inputs, logps, mask, correct, groups):
+        """Keep the correct rollouts of a measured rollout step's generation batch on its first pass (§3.1).
 
-        One no-grad forward per micro-batch of the step, on every process (sharded models need all ranks).
+        Only their ids, masks and the log-probs of the policy that sampled them are kept (``old_per_token_logps``
+        when TRL computed them, else the loss's own: no update has happened yet).  A micro-batch without a correct
+        rollout keeps one row with weight 0, so every process runs the same forwards (sharded models).  Records
+        start at the first micro-batch of the pass: a run resumed inside a rollout step skips that step.
+        """
+        args = self.trainer.args
+        every = args.likelihood_displacement_rollout_steps
+        rollout = diag.rollout_step(
+            groups["step"], args.gradient_accumulation_steps, args.steps_per_generation, args.num_iterations
+        )
+        pass_step = micro_step(self.trainer) % (args.steps_per_generation * args.num_iterations)
+        if not every or (rollout + 1) % every or pass_step >= args.steps_per_generation:
+            return
+        if pass_step == 0:
+            self.rollout_displacement = (rollout, [])
+        elif self.rollout_displacement is None or self.rollout_displacement[0] != rollout:
+            return
+        if any(inputs.get(key) is not None for key in MODEL_INPUT_KEYS):
+            rows = torch.arange(len(correct), device=correct.device)  # image inputs are not per row: keep them all
+        elif bool(correct.any()):
+            rows = correct.nonzero().squeeze(1)
+        else:
+            rows = correct.new_zeros(1, dtype=torch.long)
+        used = inputs["completion_mask"][rows].any(dim=0).nonzero()
+        width = int(used.max()) + 1 if len(used) else 1  # trailing padding dropped
+        batch = {key: inputs[key][rows] for key in _TEXT_KEYS} | {key: inputs.get(key) for key in MODEL_INPUT_KEYS}
+        batch["completion_ids"], batch["completion_mask"] = (batch[k][:, :width] for k in _TEXT_KEYS[2:])
+        old = inputs.get("old_per_token_logps")
+        old = (logps if old is None else old)[rows, :width]
+        self.rollout_displacement[1].append((batch, mask[rows, :width], correct[rows], old))
+
+    def _rollout_step_closed(self, global_step: int) -> bool:
+        """Whether optimizer step ``global_step`` (1-based, just taken) is the last one of its rollout step."""
+        args = self.trainer.args
+        return global_step * args.gradient_accumulation_steps % (args.steps_per_generation * args.num_iterations) == 0
+
+    def _measure_displacement(self, records, unit: str):
+        """E[log pi_new(y) - log pi_old(y)] over the recorded correct rollouts (§3.1), after the update of one
+        ``unit``: ``rollout_step`` (all its optimizer steps: the paper's Fig. 2 d,h) or ``optimizer_step``.
+
+        One no-grad forward per recorded micro-batch, on every process (sharded models need all ranks).
         """
         trainer = self.trainer
         totals = 0.0
         no_checkpointing = disable_gradient_checkpointing(trainer.model, trainer.args.gradient_checkpointing_kwargs)
         with torch.no_grad(), no_checkpointing:
-            for batch, mask, correct, old_logps in self.displacement:
+            for batch, mask, correct, old_logps in records:
                 new_logps = trainer.policy_logps(trainer.model, batch)
                 totals = totals + diag.likelihood_displacement_sums(new_logps, old_logps, mask, correct)
-        self.displacement = []
         totals = trainer.accelerator.reduce(totals, reduction="sum")
         logged = metrics(trainer, "train")
-        logged["likelihood_displacement/correct"].append(diag.ratio(totals[0], totals[1]).item())
-        logged["likelihood_displacement/correct_per_token"].append(diag.ratio(totals[0], totals[2]).item())
+        logged[f"likelihood_displacement/{unit}"].append(diag.ratio(totals[0], totals[1]).item())
+        logged[f"likelihood_displacement/{unit}_per_token"].append(diag.ratio(totals[0], totals[2]).item())
+
+
+_TEXT_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+_BATCH_KEYS = (*_TEXT_KEYS, *MODEL_INPUT_KEYS)

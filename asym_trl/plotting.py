@@ -4,13 +4,19 @@
 
 (a) policy entropy, overall and on correct / incorrect rollouts (§3.1: informative vs spurious entropy);
 (b) training reward and validation reward/accuracy (Fig. 2 b,f; ``val/avg`` of
-    :class:`asym_trl.validation.ValidationCallback`, in %, on a right-hand axis);
-(c) epoch-wise shares of all-solved and none-solved groups (Fig. 2 c,g);
-(d) likelihood displacement of correct rollouts after each update (Fig. 2 d,h);
+    :class:`asym_trl.validation.ValidationCallback`, in %, on a right-hand axis), validation curves smoothed by
+    the paper's EMA (App. C: ``s_t = 0.7 s_{t-1} + 0.3 x_t``) over faint raw points;
+(c) epoch-wise shares of all-solved and none-solved groups (Fig. 2 c,g); a run of at most one epoch (the
+    quickstart's) has one such point, so it shows its per-step shares instead;
+(d) likelihood displacement of correct rollouts after each rollout step (Fig. 2 d,h);
 (e) Cov(p) over the covariance window against group accuracy p (Fig. 1 c, App. B);
 (f) mean |advantage| on correct and incorrect rollouts (the reweighting of Fig. 1 a,b).
 
-A panel whose metrics a run did not log says so instead of staying blank.  :func:`plot_quickstart` draws the
+Step curves are drawn against the paper's training steps, rollout steps (``rollout_step``, which
+:class:`asym_trl.group_diagnostics.GroupDiagnostics` adds to each log entry: optimizer steps x
+``gradient_accumulation_steps / (steps_per_generation x num_iterations)``); a run without it (plain TRL, or
+``log_diagnostics=False``) keeps TRL's optimizer steps, and the axis says which.  A panel whose metrics a run did
+not log says so instead of staying blank.  :func:`plot_quickstart` draws the
 quickstart's before/after figure (``quickstart.png``).  The metric names are those
 written by :class:`asym_trl.AsymGRPOTrainer` (see ``docs/diagnostics.md``).
 """
@@ -23,7 +29,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["PANELS", "load_log_history", "make_figure", "plot_quickstart", "plot_runs", "main"]
+__all__ = ["PANELS", "ema", "load_log_history", "make_figure", "plot_quickstart", "plot_runs", "rollout_axis", "main"]
 
 PANELS = (
     "(a) Policy entropy",
@@ -64,12 +70,37 @@ def _step_of(checkpoint: Path) -> int:
     return int(match.group(1)) if match else -1
 
 
+PAPER_EMA = 0.7  # App. C: validation accuracy curves are smoothed by an EMA with factor 0.7
+
+
+def ema(values: Sequence[float], factor: float = PAPER_EMA) -> list[float]:
+    """Exponential moving average ``s_t = factor * s_{t-1} + (1 - factor) * x_t`` (App. C), ``s_0 = x_0`` (the
+    paper does not say how it starts; this is TensorBoard's and wandb's smoothing without bias correction)."""
+    if not 0.0 <= factor < 1.0:
+        raise ValueError(f"EMA factor={factor} must be in [0, 1) (0 = no smoothing)")
+    out: list[float] = []
+    for x in values:
+        out.append(x if not out else factor * out[-1] + (1.0 - factor) * x)
+    return out
+
+
+def rollout_axis(history: list[dict]) -> float | None:
+    """Rollout steps per optimizer step of a run (``rollout_step / step`` of its log entries), or None when its
+    entries carry no ``rollout_step`` (the x-axis then stays in optimizer steps)."""
+    for entry in reversed(history):
+        if entry.get("step") and isinstance(entry.get("rollout_step"), (int, float)):
+            return entry["rollout_step"] / entry["step"]
+    return None
+
+
 def _series(history: list[dict], key: str, x: str = "step", smooth: int = 1) -> tuple[list[float], list[float]]:
+    """``key`` against ``x``; ``x="step"`` is in rollout steps when the run says how (:func:`rollout_axis`)."""
+    scale = rollout_axis(history) if x == "step" else None
     xs, ys = [], []
     for entry in history:
         value = entry.get(key)
         if isinstance(value, (int, float)) and value == value and x in entry:  # value == value: not NaN
-            xs.append(entry[x])
+            xs.append(entry[x] * scale if scale is not None else entry[x])
             ys.append(float(value))
     if smooth > 1 and ys:  # trailing moving average
         ys = [
@@ -78,15 +109,20 @@ def _series(history: list[dict], key: str, x: str = "step", smooth: int = 1) -> 
     return xs, ys
 
 
-def _epoch_shares(history: list[dict], key: str) -> tuple[list[float], list[float]]:
-    """Epoch-wise shares; runs without them fall back to the per-step shares averaged within each epoch."""
+def _epoch_shares(history: list[dict], key: str) -> tuple[list[float], list[float], str]:
+    """Epoch-wise shares (Fig. 2 c,g), and how they were made.  A run of at most one epoch has one epoch-wise
+    point: it gets its per-step shares at their fractional epoch.  Longer runs without epoch-wise entries get the
+    per-step shares averaged within each epoch."""
+    steps = _series(history, f"groups/{key}", x="epoch")
+    if steps[0] and max(steps[0]) <= 1:
+        return *steps, "per step"
     xs, ys = _series(history, f"groups/epoch_{key}", x="epoch")
     if xs:
-        return xs, ys
+        return xs, ys, "per epoch"
     per_epoch: dict[int, list[float]] = {}
-    for epoch, value in zip(*_series(history, f"groups/{key}", x="epoch"), strict=True):
+    for epoch, value in zip(*steps, strict=True):
         per_epoch.setdefault(int(-(-epoch // 1)), []).append(value)  # an entry at epoch e+f belongs to epoch e+1
-    return list(per_epoch), [sum(v) / len(v) for v in per_epoch.values()]
+    return list(per_epoch), [sum(v) / len(v) for v in per_epoch.values()], "per epoch"
 
 
 def _cov_curve(history: list[dict]) -> tuple[list[float], list[float]]:
@@ -107,8 +143,20 @@ def _validation_keys(history: list[dict]) -> list[str]:
     return wanted
 
 
-def make_figure(histories: Sequence[list[dict]], labels: Sequence[str], smooth: int = 1):
-    """A matplotlib ``Figure`` with the six panels of ``PANELS``, one color per run."""
+def _validation(ax, xs, ys, style, color, label, ema_factor):
+    """A validation curve: the paper's EMA as a line over the faint raw points (raw only at ``ema_factor=0``)."""
+    if ema_factor and ys:
+        ax.plot(xs, ys, style[0], color=color, ms=3, alpha=0.3)
+        ax.plot(xs, ema(ys, ema_factor), style[1:], color=color, label=f"{label} (EMA {ema_factor:g})")
+    else:
+        ax.plot(xs, ys, style, color=color, ms=3, label=label)
+
+
+def make_figure(
+    histories: Sequence[list[dict]], labels: Sequence[str], smooth: int = 1, ema_factor: float = PAPER_EMA
+):
+    """A matplotlib ``Figure`` with the six panels of ``PANELS``, one color per run; validation curves smoothed by
+    :func:`ema` with ``ema_factor`` (the paper's 0.7; 0 = raw)."""
     from matplotlib.figure import Figure
 
     if len(histories) != len(labels):
@@ -134,12 +182,22 @@ def make_figure(histories: Sequence[list[dict]], labels: Sequence[str], smooth: 
         a_acc.plot(*_series(history, "reward", smooth=smooth), "-", color=color, label=f"{label}: train reward")
         for j, key in enumerate(_validation_keys(history)):
             name = key.removeprefix("eval_")
-            a_acc.plot(*_series(history, key), "o" + "--:-."[j % 3], color=color, ms=3, label=f"{label}: val {name}")
+            style = "o" + ("--", ":", "-.")[j % 3]
+            _validation(a_acc, *_series(history, key), style, color, f"{label}: val {name}", ema_factor)
         if a_val is not None:
-            a_val.plot(*_series(history, "val/avg"), "D-.", color=color, ms=4, label=f"{label}: val accuracy (avg)")
-        a_solved.plot(*_epoch_shares(history, "all_solved"), "o-", color=color, label=f"{label}: all-solved (p=1)")
-        a_solved.plot(*_epoch_shares(history, "none_solved"), "s--", color=color, label=f"{label}: none-solved (p=0)")
-        a_disp.plot(*_series(history, "likelihood_displacement/correct", smooth=smooth), "-", color=color, label=label)
+            _validation(a_val, *_series(history, "val/avg"), "D-.", color, f"{label}: val accuracy (avg)", ema_factor)
+        for key, style, name in (
+            ("all_solved", "o-", "all-solved (p=1)"),
+            ("none_solved", "s--", "none-solved (p=0)"),
+        ):
+            xs, ys, how = _epoch_shares(history, key)
+            a_solved.plot(
+                xs, ys, style, color=color, ms=3 if how == "per step" else 6, label=f"{label}: {name}, {how}"
+            )
+        for unit, style in (("rollout_step", "-"), ("optimizer_step", ":")):  # the paper's Fig. 2 d,h: rollout_step
+            series = _series(history, f"likelihood_displacement/{unit}", smooth=smooth)
+            if series[0]:
+                a_disp.plot(*series, style, color=color, label=f"{label}: per {unit.replace('_', ' ')}")
         a_cov.plot(*_cov_curve(history), "o-", color=color, label=label)
         a_adv.plot(
             *_series(history, "advantages/correct_abs_mean", smooth=smooth),
@@ -153,16 +211,17 @@ def make_figure(histories: Sequence[list[dict]], labels: Sequence[str], smooth: 
             color=color,
             label=f"{label}: incorrect",
         )
-    a_ent.set(xlabel="training step", ylabel="mean token entropy (nats)")
-    a_acc.set(xlabel="training step", ylabel="mean reward / accuracy")
+    xlabel = "training step (rollout steps)" if all(map(rollout_axis, histories)) else "optimizer step (TRL)"
+    a_ent.set(xlabel=xlabel, ylabel="mean token entropy (nats)")
+    a_acc.set(xlabel=xlabel, ylabel="mean reward / accuracy")
     if a_val is not None:
         a_val.set_ylabel("validation accuracy (%), avg over benchmarks")
     a_solved.set(xlabel="epoch", ylabel="share of prompts (groups)", ylim=(-0.02, 1.02))
-    a_disp.set(xlabel="training step", ylabel=r"E[log $\pi_{new}$(y) - log $\pi_{old}$(y)]")
+    a_disp.set(xlabel=xlabel, ylabel=r"E[log $\pi_{new}$(y) - log $\pi_{old}$(y)]")
     a_cov.set(xlabel="group accuracy p = k/G", ylabel="Cov(length-normalised log-prob, advantage)", xlim=(0, 1))
-    a_adv.set(xlabel="training step", ylabel="mean |advantage|")
+    a_adv.set(xlabel=xlabel, ylabel="mean |advantage|")
     hints = {
-        a_disp: "not logged: set likelihood_displacement_steps",
+        a_disp: "not logged: set likelihood_displacement_rollout_steps",
         a_cov: "not logged: needs cov_window_rollout_steps > 0 and mixed groups",
         a_solved: "not logged: needs log_diagnostics",
         a_adv: "not logged: needs log_diagnostics",
@@ -188,6 +247,7 @@ def plot_runs(
     output: str | Path | None = None,
     labels: Sequence[str] | None = None,
     smooth: int = 1,
+    ema_factor: float = PAPER_EMA,
 ) -> Path:
     """Plot one or several finished runs into a PNG; returns its path (default ``<first run>/diagnostics.png``)."""
     runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
@@ -195,7 +255,7 @@ def plot_runs(
         raise ValueError(f"smooth={smooth} must be >= 1 (1 = no smoothing)")
     labels = list(labels) if labels is not None else [Path(r).resolve().name for r in runs]
     histories = [load_log_history(r) for r in runs]
-    fig = make_figure(histories, labels, smooth=smooth)
+    fig = make_figure(histories, labels, smooth=smooth, ema_factor=ema_factor)
     first = Path(runs[0])
     output = Path(output) if output is not None else (first if first.is_dir() else first.parent) / "diagnostics.png"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -247,10 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", "-o", help="PNG path (default: <first run>/diagnostics.png)")
     parser.add_argument("--labels", nargs="+", help="one legend label per run (default: directory names)")
     parser.add_argument("--smooth", type=int, default=1, help="moving-average window over logged steps")
+    parser.add_argument(
+        "--ema", type=float, default=PAPER_EMA, help="EMA factor of the validation curves (App. C: 0.7; 0 = raw)"
+    )
     opts = parser.parse_args(argv)
     if opts.labels is not None and len(opts.labels) != len(opts.runs):
         parser.error(f"--labels needs one label per run ({len(opts.runs)}), got {len(opts.labels)}")
-    print(plot_runs(opts.runs, opts.output, opts.labels, opts.smooth))
+    print(plot_runs(opts.runs, opts.output, opts.labels, opts.smooth, opts.ema))
     return 0
 
 

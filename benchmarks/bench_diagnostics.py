@@ -6,15 +6,16 @@ other processes hits all of them alike:
 * ``trl``      -- TRL's GRPOTrainer (reference);
 * ``off``      -- AsymGRPOTrainer, ``log_diagnostics=False``;
 * ``on``       -- AsymGRPOTrainer, diagnostics on, likelihood displacement off (the default);
-* ``on+disp``  -- the same plus ``likelihood_displacement_steps=1`` (one extra forward per step).
+* ``on+disp``  -- the same plus ``likelihood_displacement_rollout_steps=1`` (one extra forward over the
+  correct rollouts of each rollout step).
 
 A step's time runs between consecutive ``on_step_end`` callbacks (generation, loss, backward, optimizer,
 diagnostics, displacement forward); the median over steps after a warm-up, then over repetitions.  Both
 wall time and this process's CPU time are reported: on a shared CPU machine other processes inflate wall
 time at random, while CPU time (torch on ``--threads`` threads, default 1) counts only this run's work.
 Because a few per cent is within the noise of that A/B comparison on a loaded machine, the ``on`` runs
-also time the diagnostics code itself (the trainer's ``_record_group_diagnostics``,
-``_record_loss_diagnostics`` and ``_diagnostics_step_end``, wall clock) and report it as a share of the
+also time the diagnostics code itself (``GroupDiagnostics.on_generation``, ``on_loss_micro_batch`` and
+``on_step_end``, wall clock) and report it as a share of the
 step: ``1 + share`` is the on/off ratio without the noise.  Target: on / off <= 1.02.
 
     PYTHONPATH=. python benchmarks/bench_diagnostics.py [--steps 6] [--reps 5] [--hidden 256] [--tokens 64]
@@ -55,11 +56,11 @@ class StepTimer(TrainerCallback):
         self._mark()
 
 
-DIAGNOSTICS_METHODS = ("_record_group_diagnostics", "_record_loss_diagnostics", "_diagnostics_step_end")
+DIAGNOSTICS_METHODS = ("on_generation", "on_loss_micro_batch", "on_step_end")  # of trainer.diagnostics
 
 
 def time_diagnostics(trainer) -> list[float]:
-    """Wrap the trainer's diagnostics entry points; the returned list collects their wall times."""
+    """Wrap the diagnostics' entry points (``trainer.diagnostics``); the returned list collects their wall times."""
     spent: list[float] = []
 
     def timed(method):
@@ -73,7 +74,7 @@ def time_diagnostics(trainer) -> list[float]:
         return wrapper
 
     for name in DIAGNOSTICS_METHODS:
-        setattr(trainer, name, timed(getattr(trainer, name)))
+        setattr(trainer.diagnostics, name, timed(getattr(trainer.diagnostics, name)))
     return spent
 
 
@@ -109,7 +110,7 @@ def step_time(setting: str, model_dir: str, out_dir: str, opts) -> tuple[float, 
             **kwargs,
             advantage_estimator="grpo",
             log_diagnostics=setting != "off",
-            likelihood_displacement_steps=1 if setting == "on+disp" else 0,
+            likelihood_displacement_rollout_steps=1 if setting == "on+disp" else 0,
         )
         trainer = AsymGRPOTrainer(model=model_dir, reward_funcs=digit_first, args=args, train_dataset=dataset)
     spent = time_diagnostics(trainer) if setting.startswith("on") else []

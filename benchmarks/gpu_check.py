@@ -17,7 +17,7 @@ scripts/gpu_check.sh wraps it for an offline GPU box (docs/gpu.md); ``--tiny`` r
 The model is the Qwen3 architecture built from a config at Qwen3-0.6B's shapes (random weights, no Hub), bf16, with
 gradient checkpointing; the tokenizer a word-level vocabulary "t0", "t1", ... built in memory. Generation is
 transformers'; 4 groups of G = 8 rollouts per optimizer step (micro-batches of 8, 4 accumulation steps). AsymGRPO runs
-with its defaults (asym, beta 0.9 / 0.4), diagnostics on, ``likelihood_displacement_steps=0``.
+with its defaults (asym, beta 0.9 / 0.4), diagnostics on, ``likelihood_displacement_rollout_steps=0``.
 
 Random weights give every rollout of a group the same (random) quality, so the reward is planted: rollout j of prompt
 i succeeds when j < k_i, with k_i = i mod 9. Every success count 0..8 occurs; 2 of 9 groups carry no signal.
@@ -231,7 +231,7 @@ def train(kind: str, opts, setup: dict, out_dir: Path, lora: bool, sync_dir: Pat
 
     cuda = setup["device"] == "cuda"
     config_cls, trainer_cls, extra = (
-        (AsymGRPOConfig, AsymGRPOTrainer, dict(log_diagnostics=True, likelihood_displacement_steps=0))
+        (AsymGRPOConfig, AsymGRPOTrainer, dict(log_diagnostics=True, likelihood_displacement_rollout_steps=0))
         if kind == "asym"
         else (GRPOConfig, GRPOTrainer, {})
     )

@@ -187,7 +187,8 @@ def make_config(output_dir, **overrides):
         max_steps=2,
         learning_rate=5e-3,
         cov_window_rollout_steps=40,
-        likelihood_displacement_steps=1,
+        likelihood_displacement_optimizer_steps=1,
+        likelihood_displacement_rollout_steps=1,
     )
     kwargs.update(overrides)
     return AsymGRPOConfig(**kwargs)
@@ -286,8 +287,11 @@ def test_trainer_logs_hand_checked_values(model_path, tmp_path):
     per_rollout = sum(d.sum().item() for d in deltas) / len(deltas)
     per_token = sum(d.sum().item() for d in deltas) / sum(len(d) for d in deltas)
     assert per_rollout != 0.0
-    assert logged["likelihood_displacement/correct"] == pytest.approx(per_rollout, rel=1e-3, abs=1e-6)
-    assert logged["likelihood_displacement/correct_per_token"] == pytest.approx(per_token, rel=1e-3, abs=1e-6)
+    assert logged["likelihood_displacement/optimizer_step"] == pytest.approx(per_rollout, rel=1e-3, abs=1e-6)
+    assert logged["likelihood_displacement/optimizer_step_per_token"] == pytest.approx(per_token, rel=1e-3, abs=1e-6)
+    # One optimizer step per generation: the rollout step is that optimizer step.
+    assert logged["likelihood_displacement/rollout_step"] == pytest.approx(per_rollout, rel=1e-3, abs=1e-6)
+    assert logged["likelihood_displacement/rollout_step_per_token"] == pytest.approx(per_token, rel=1e-3, abs=1e-6)
 
 
 def _assert_same_metrics(a, b, rel=1e-4):
@@ -311,7 +315,7 @@ def test_metrics_do_not_depend_on_the_split(model_path, tmp_path):
             model_path, tmp_path / "c", per_device_train_batch_size=G, gradient_accumulation_steps=4
         ).state.log_history
     )
-    assert {"cov/p_1of4", "entropy/correct", "likelihood_displacement/correct"} <= one[2].keys()
+    assert {"cov/p_1of4", "entropy/correct", "likelihood_displacement/optimizer_step"} <= one[2].keys()
     _assert_same_metrics(one, two)
     _assert_same_metrics(one, four)
 
@@ -328,7 +332,8 @@ def test_covariance_uses_the_sampling_policy(model_path, tmp_path, split):
     """When a generation outlives an update, Cov(p) still uses the log-probs of the policy that sampled."""
     from transformers import AutoModelForCausalLM
 
-    logged = diag_metrics(run_scripted(model_path, tmp_path / "out", **split).state.log_history)
+    trainer = run_scripted(model_path, tmp_path / "out", **split)
+    logged = diag_metrics(trainer.state.log_history)
     ref = reference_forward(AutoModelForCausalLM.from_pretrained(model_path).eval(), step=0)
     assert logged[1]["groups/all_solved"] == 0.25 and "groups/all_solved" not in logged[2]  # one generation
     cov = {k: v for step in (1, 2) for k, v in logged[step].items() if k.startswith("cov/")}
@@ -339,7 +344,16 @@ def test_covariance_uses_the_sampling_policy(model_path, tmp_path, split):
         assert next(v for v in cov_r if v is not None) == pytest.approx(
             hand_cov(ref, group=k, k=k, reward=True), rel=1e-4, abs=1e-7
         )
-    assert {"entropy/correct", "likelihood_displacement/correct"} <= logged[1].keys() & logged[2].keys()
+    assert {"entropy/correct", "likelihood_displacement/optimizer_step"} <= logged[1].keys() & logged[2].keys()
+    # The paper's measure (Fig. 2 d,h): after both optimizer steps of the rollout step, over all 7 correct
+    # rollouts of the generation batch (groups k = 0, 1, 2, 4), against the policy that sampled them.
+    after = reference_forward(trainer.model.eval(), step=0)
+    deltas = [(a["logps"] - b["logps"]).sum().item() for a, b in zip(after, ref, strict=True) if b["correct"]]
+    tokens = sum(len(b["logps"]) for b in ref if b["correct"])
+    assert len(deltas) == 7 and "likelihood_displacement/rollout_step" not in logged[1]
+    assert logged[2]["likelihood_displacement/rollout_step"] == pytest.approx(sum(deltas) / 7, rel=1e-3, abs=1e-6)
+    per_token = logged[2]["likelihood_displacement/rollout_step_per_token"]
+    assert per_token == pytest.approx(sum(deltas) / tokens, rel=1e-3, abs=1e-6)
 
 
 def test_rollout_step_counts_the_papers_training_steps():
@@ -360,12 +374,34 @@ def test_covariance_window_counts_rollout_steps(model_path, tmp_path):
 
 def test_covariance_window_and_displacement_period(model_path, tmp_path):
     trainer = run_scripted(
-        model_path, tmp_path / "out", max_steps=3, cov_window_rollout_steps=1, likelihood_displacement_steps=2
+        model_path,
+        tmp_path / "out",
+        max_steps=3,
+        cov_window_rollout_steps=1,
+        likelihood_displacement_optimizer_steps=2,
     )
     logged = diag_metrics(trainer.state.log_history)
     assert "cov/p_1of4" in logged[1] and not any(k.startswith("cov/") for k in logged[2] | logged[3])
-    assert "likelihood_displacement/correct" in logged[2]
-    assert "likelihood_displacement/correct" not in logged[1] | logged[3]
+    assert "likelihood_displacement/optimizer_step" in logged[2]
+    assert "likelihood_displacement/optimizer_step" not in logged[1] | logged[3]
+
+
+def test_rollout_displacement_period_counts_rollout_steps(model_path, tmp_path):
+    """Two optimizer steps per rollout step, every 2nd rollout step: rollout step 1 (optimizer steps 3-4) only."""
+    trainer = run_scripted(
+        model_path,
+        tmp_path / "out",
+        max_steps=4,
+        per_device_train_batch_size=2 * G,
+        steps_per_generation=2,
+        likelihood_displacement_rollout_steps=2,
+        likelihood_displacement_optimizer_steps=0,
+    )
+    logged = diag_metrics(trainer.state.log_history)
+    assert [s for s in sorted(logged) if "likelihood_displacement/rollout_step" in logged[s]] == [4]
+    assert not any("likelihood_displacement/optimizer_step" in m for m in logged.values())
+    # Every log entry carries its rollout step (the plots' x-axis): two optimizer steps each.
+    assert [h["rollout_step"] for h in trainer.state.log_history if "loss" in h] == [0.5, 1.0, 1.5, 2.0]
 
 
 def test_epoch_shares_ride_on_trls_own_log_entries(model_path, tmp_path):
@@ -384,7 +420,12 @@ def test_epoch_shares_ride_on_trls_own_log_entries(model_path, tmp_path):
 
 def test_diagnostics_off_logs_nothing(model_path, tmp_path):
     trainer = run_scripted(
-        model_path, tmp_path / "out", max_steps=1, log_diagnostics=False, likelihood_displacement_steps=0
+        model_path,
+        tmp_path / "out",
+        max_steps=1,
+        log_diagnostics=False,
+        likelihood_displacement_optimizer_steps=0,
+        likelihood_displacement_rollout_steps=0,
     )
     assert diag_metrics(trainer.state.log_history) == {1: {}}
     assert not any(type(cb).__name__ == "_DiagnosticsCallback" for cb in trainer.callback_handler.callbacks)
@@ -396,7 +437,11 @@ def test_config_rejects_bad_diagnostics_settings(tmp_path):
     with pytest.raises(ValueError, match="cov_window_rollout_steps"):
         make_config(tmp_path, cov_window_rollout_steps=-1)
     with pytest.raises(ValueError, match="needs log_diagnostics"):
-        make_config(tmp_path, log_diagnostics=False, likelihood_displacement_steps=2)
+        make_config(tmp_path, log_diagnostics=False, likelihood_displacement_optimizer_steps=2)
+    with pytest.raises(ValueError, match="likelihood_displacement_rollout_steps > 0 needs log_diagnostics"):
+        make_config(tmp_path, log_diagnostics=False, likelihood_displacement_optimizer_steps=0)
+    with pytest.raises(ValueError, match="likelihood_displacement_rollout_steps"):
+        make_config(tmp_path, likelihood_displacement_rollout_steps=-1)
 
 
 # (1-process overrides, per-process overrides of the 2-process run): the same global batches.
@@ -425,7 +470,7 @@ def test_two_processes_log_what_one_process_logs(model_path, tmp_path, case):
     result = json.loads(out.read_text())
     assert result["num_processes"] == 2
     two = {int(k): v for k, v in result["metrics"].items()}
-    assert {"cov/p_2of4", "entropy/incorrect", "likelihood_displacement/correct"} <= two[2].keys()
+    assert {"cov/p_2of4", "entropy/incorrect", "likelihood_displacement/optimizer_step"} <= two[2].keys()
     _assert_same_metrics(single, two)
 
 

@@ -9,7 +9,8 @@ import pytest
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
 from asym_trl.apps.tiny import cpu_run_kwargs, toy_sum_dataset
 from asym_trl.cli import main as cli_main
-from asym_trl.plotting import PANELS, load_log_history, make_figure, plot_runs
+from asym_trl.diagnostics import rollout_steps_done
+from asym_trl.plotting import PANELS, ema, load_log_history, make_figure, plot_runs, rollout_axis
 
 
 def digit_first(completions, **kwargs):
@@ -29,7 +30,7 @@ def run_dir(tiny_model_path, tmp_path_factory):
         max_completion_length=6,
         num_train_epochs=2,
         learning_rate=3e-3,
-        likelihood_displacement_steps=2,
+        likelihood_displacement_rollout_steps=2,
         eval_strategy="steps",
         eval_steps=2,
         per_device_eval_batch_size=8,
@@ -62,6 +63,9 @@ def test_plot_of_a_real_run_has_every_panel(run_dir):
         assert ax.get_legend() is not None
     solved = fig.axes[2]
     assert [list(line.get_xdata()) for line in solved.lines] == [[1.0, 2.0], [1.0, 2.0]]  # one point per epoch
+    # One optimizer step per generation here: the x-axis is in rollout steps, which equal the optimizer steps.
+    assert all(h["rollout_step"] == h["step"] for h in history) and rollout_axis(history) == 1.0
+    assert fig.axes[0].get_xlabel() == "training step (rollout steps)"
 
     png = plot_runs(run_dir)
     assert png == run_dir / "diagnostics.png"
@@ -86,7 +90,7 @@ def test_missing_metrics_are_named_not_blank():
     history = [{"step": s, "epoch": s / 2, "reward": 0.1 * s, "entropy": 1.0 / s} for s in range(1, 5)]
     fig = make_figure([history], ["plain TRL"])
     empty = {ax.get_title(): ax.texts[0].get_text() for ax in fig.axes if ax.texts}
-    assert "likelihood_displacement_steps" in empty["(d) Likelihood displacement (correct rollouts)"]
+    assert "likelihood_displacement_rollout_steps" in empty["(d) Likelihood displacement (correct rollouts)"]
     assert set(empty) == {PANELS[2], PANELS[3], PANELS[4], PANELS[5]}
 
 
@@ -96,9 +100,54 @@ def test_validation_accuracy_in_percent_gets_its_own_axis():
     fig = make_figure([history], ["run"])
     twin = fig.axes[-1]
     assert len(fig.axes) == 7 and "validation accuracy (%)" in twin.get_ylabel()
-    assert list(twin.lines[0].get_xdata()) == [2, 4] and list(twin.lines[0].get_ydata()) == [20.0, 40.0]
+    assert list(twin.lines[0].get_xdata()) == [2, 4] and list(twin.lines[0].get_ydata()) == [20.0, 40.0]  # raw
+    assert list(twin.lines[1].get_ydata()) == pytest.approx([20.0, 26.0])  # EMA 0.7: 0.7 * 20 + 0.3 * 40
     legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
-    assert legend == ["run: train reward", "run: val accuracy (avg)"]
+    assert legend == ["run: train reward", "run: val accuracy (avg) (EMA 0.7)"]
+    raw = make_figure([history], ["run"], ema_factor=0).axes[-1]
+    assert len(raw.lines) == 1 and list(raw.lines[0].get_ydata()) == [20.0, 40.0]
+
+
+def test_ema_is_the_papers():
+    # App. C: s_t = 0.7 s_{t-1} + 0.3 x_t, s_0 = x_0.
+    # 10; 0.7*10 + 0.3*20 = 13; 0.7*13 + 0.3*0 = 9.1; 0.7*9.1 + 0.3*30 = 15.37
+    assert ema([10.0, 20.0, 0.0, 30.0]) == pytest.approx([10.0, 13.0, 9.1, 15.37])
+    assert ema([1.0, 5.0], factor=0.0) == [1.0, 5.0] and ema([]) == []
+    with pytest.raises(ValueError, match="EMA factor"):
+        ema([1.0], factor=1.0)
+
+
+def test_x_axis_is_in_rollout_steps():
+    # Qwen3-4B recipe: GA 32, 64 micro-steps per generation -> 2 optimizer steps per rollout step.
+    assert rollout_steps_done(80, 32, 64, 1) == 40.0 and rollout_steps_done(3, 32, 64, 1) == 1.5
+    assert rollout_steps_done(3, 1, 2, 2) == 0.75  # num_iterations 2: 4 optimizer steps per rollout step
+    history = [
+        {"step": s, "rollout_step": s / 2, "entropy": 1.0 / s, **({"val/avg": 10.0 * s} if s % 2 == 0 else {})}
+        for s in range(1, 5)
+    ]
+    fig = make_figure([history], ["run"])
+    assert list(fig.axes[0].lines[0].get_xdata()) == [0.5, 1.0, 1.5, 2.0]
+    assert list(fig.axes[-1].lines[0].get_xdata()) == [1.0, 2.0]  # validation too
+    assert fig.axes[0].get_xlabel() == "training step (rollout steps)"
+    plain = [{k: v for k, v in h.items() if k != "rollout_step"} for h in history]  # plain TRL: optimizer steps
+    fig = make_figure([plain], ["trl"])
+    assert (
+        list(fig.axes[0].lines[0].get_xdata()) == [1, 2, 3, 4] and fig.axes[0].get_xlabel() == "optimizer step (TRL)"
+    )
+
+
+def test_runs_of_one_epoch_show_per_step_shares():
+    # The quickstart: one (partial) epoch, so one epoch-wise point; the panel shows the per-step shares instead.
+    history = [
+        {"step": s, "epoch": s / 4, "groups/all_solved": 0.1 * s, "groups/none_solved": 0.5 - 0.1 * s}
+        for s in range(1, 5)
+    ]
+    history[-1] |= {"groups/epoch_all_solved": 0.25, "groups/epoch_none_solved": 0.25}
+    solved = make_figure([history], ["run"]).axes[2]
+    (x_all, y_all), (x_none, y_none) = [(list(ln.get_xdata()), list(ln.get_ydata())) for ln in solved.lines]
+    assert x_all == x_none == [0.25, 0.5, 0.75, 1.0]
+    assert y_all == pytest.approx([0.1, 0.2, 0.3, 0.4]) and y_none == pytest.approx([0.4, 0.3, 0.2, 0.1])
+    assert all("per step" in t.get_text() for t in solved.get_legend().get_texts())
 
 
 def test_epoch_shares_fall_back_to_per_step_shares():

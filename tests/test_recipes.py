@@ -20,15 +20,17 @@ ALL_RECIPES = sorted(p for p in RECIPES.rglob("*.yaml") if "accelerate_configs" 
 IDENTITY = {"run_name", "output_dir", "hub_model_id"}  # every recipe names its own run
 
 # recipe -> the keys it changes relative to its folder's grpo.yaml (App. E values for Table 1).
+# Fig. 2 (d,h), the log-prob increment of correct rollouts: on in the runs of the sec. 3.1 study.
+DISPLACEMENT = {"likelihood_displacement_rollout_steps": 1}
 TABLE1 = {
-    "reinforce.yaml": {"advantage_estimator": "reinforce"},
+    "reinforce.yaml": {"advantage_estimator": "reinforce", **DISPLACEMENT},
     "grpo-entropy-reg.yaml": {"entropy_coef": 0.001},
     "grpo-clip-higher.yaml": {"epsilon_high": 0.28},
     "grpo-entropy-adv.yaml": {"entropy_adv_alpha": 0.4, "entropy_adv_kappa": 2.0},
     "dr-grpo.yaml": {"advantage_estimator": "dr_grpo", "scale_rewards": "none"},  # token-level loss: App. C
     "pass-at-k.yaml": {"advantage_estimator": "pass_at_k", "pass_at_k": 5},
-    "pos-only.yaml": {"advantage_estimator": "pos_only"},
-    "neg-only.yaml": {"advantage_estimator": "neg_only"},
+    "pos-only.yaml": {"advantage_estimator": "pos_only", **DISPLACEMENT},
+    "neg-only.yaml": {"advantage_estimator": "neg_only", **DISPLACEMENT},
     "ent-increase.yaml": {"advantage_estimator": "ent_increase"},
     "ent-decrease.yaml": {"advantage_estimator": "ent_decrease"},
     "asym-symmetric.yaml": {"advantage_estimator": "asym", "beta_pos": 0.7, "beta_neg": 0.7},
@@ -36,11 +38,11 @@ TABLE1 = {
     "asym-clip-higher.yaml": {"advantage_estimator": "asym", "beta_pos": 0.9, "beta_neg": 0.3, "epsilon_high": 0.28},
 }
 SECTION3 = {
-    "reinforce.yaml": {"advantage_estimator": "reinforce"},
-    "reinforce-entropy-reg.yaml": {"advantage_estimator": "reinforce", "entropy_coef": 0.001},
-    "pos-only.yaml": {"advantage_estimator": "pos_only"},
-    "neg-only.yaml": {"advantage_estimator": "neg_only"},
-    "neg-only-0.75.yaml": {"advantage_estimator": "asym", "beta_pos": 0.0, "beta_neg": 0.75},
+    "reinforce.yaml": {"advantage_estimator": "reinforce", **DISPLACEMENT},
+    "reinforce-entropy-reg.yaml": {"advantage_estimator": "reinforce", "entropy_coef": 0.001, **DISPLACEMENT},
+    "pos-only.yaml": {"advantage_estimator": "pos_only", **DISPLACEMENT},
+    "neg-only.yaml": {"advantage_estimator": "neg_only", **DISPLACEMENT},
+    "neg-only-0.75.yaml": {"advantage_estimator": "asym", "beta_pos": 0.0, "beta_neg": 0.75, **DISPLACEMENT},
     "ent-increase.yaml": {"advantage_estimator": "ent_increase"},
     "ent-decrease.yaml": {"advantage_estimator": "ent_decrease"},
 }

@@ -186,7 +186,7 @@ def train_rl(settings: QuickstartSettings, model_dir: str | Path, train_dataset,
         num_generations=settings.num_generations,
         max_completion_length=settings.max_completion_length,
         max_steps=settings.rl_steps,
-        likelihood_displacement_steps=settings.displacement_every,
+        likelihood_displacement_rollout_steps=settings.displacement_every,
         disable_tqdm=True,
     )
     trainer = AsymGRPOTrainer(
