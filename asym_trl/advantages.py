@@ -28,6 +28,7 @@ import torch
 
 __all__ = [
     "BETA_PRESETS",
+    "SIGN_SCALE_PRESETS",
     "asym_advantages",
     "dr_grpo_advantages",
     "ent_decrease_advantages",
@@ -45,6 +46,13 @@ BETA_PRESETS: dict[str, tuple[float, float]] = {
     "grpo": (0.5, 0.5),  # Eq. 4/6 with the population std sqrt(p(1-p))
     "pos_only": (0.5, 0.0),  # §3.1 Pos-Only modulation
     "neg_only": (0.0, 0.5),  # §3.1 Neg-Only modulation
+}
+# (scale_pos, scale_neg) of the members at beta = (0, 0) that weight the two signs (Zhu et al. 2025, "The
+# Surprising Effectiveness of Negative Reinforcement in LLM Reasoning"): REINFORCE's +-1 scaled per sign.
+SIGN_SCALE_PRESETS: dict[str, tuple[float, float]] = {
+    "psr": (1.0, 0.0),  # positive sample reinforcement: +1 / 0
+    "nsr": (0.0, 1.0),  # negative sample reinforcement: 0 / -1
+    "w_reinforce": (0.1, 1.0),  # weighted REINFORCE, lambda = 0.1 on positives: +0.1 / -1
 }
 
 
@@ -65,17 +73,23 @@ def _odds(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 
 def asym_advantages(
-    rewards: torch.Tensor, beta_pos: float, beta_neg: float, success_threshold: float = 1.0
+    rewards: torch.Tensor,
+    beta_pos: float,
+    beta_neg: float,
+    success_threshold: float = 1.0,
+    scale_pos: float = 1.0,
+    scale_neg: float = 1.0,
 ) -> torch.Tensor:
-    """AsymGRPO, Eq. 10 (the beta-family of Eq. 7 with separate beta for each sign).
+    """AsymGRPO, Eq. 10 (the beta-family of Eq. 7 with separate beta for each sign), with a scale per sign.
 
-    Correct rollout: ``A = ((1-p)/p) ** beta_pos``; incorrect: ``A = -(p/(1-p)) ** beta_neg``,
+    Correct rollout: ``A = scale_pos * ((1-p)/p) ** beta_pos``; incorrect: ``A = -scale_neg * (p/(1-p)) ** beta_neg``,
     with ``p = k/n`` the in-group success rate.  ``(0.5, 0.5)`` is Eq. 4 with the population
-    std, ``(0, 0)`` is REINFORCE's +-1 (Eq. 5).
+    std, ``(0, 0)`` is REINFORCE's +-1 (Eq. 5); at ``(0, 0)`` the scales give PSR (1, 0), NSR (0, 1) and
+    W-REINFORCE (0.1, 1) of Zhu et al. 2025.  A zero scale gives exactly 0 (never -0) on its side.
     """
     valid, success, k, n = _group_counts(rewards, success_threshold)
-    a_pos = _odds(n - k, k).pow(beta_pos)  # ((1-p)/p)^beta = ((n-k)/k)^beta
-    a_neg = -_odds(k, n - k).pow(beta_neg)  # -(p/(1-p))^beta = -(k/(n-k))^beta
+    a_pos = scale_pos * _odds(n - k, k).pow(beta_pos)  # scale * ((1-p)/p)^beta = scale * ((n-k)/k)^beta
+    a_neg = (-scale_neg) * _odds(k, n - k).pow(beta_neg) + 0.0  # -scale * (p/(1-p))^beta; + 0.0: -0 -> 0
     adv = torch.where(success, a_pos, a_neg)
     return torch.where(valid, adv, torch.zeros_like(adv))
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from .advantages import GRPO_STD
-from .estimators import BETAS, DEFAULT_SUCCESS_THRESHOLD, estimator_names, get_estimator
+from .estimators import BETAS, DEFAULT_SUCCESS_THRESHOLD, SCALES, estimator_names, get_estimator
 from .vllm_sync import WEIGHT_SYNC_MODES, validate_weight_sync
 from .weight_check import SYNC_CHECK_MODES
 
@@ -25,15 +25,22 @@ class AsymGRPOConfig(GRPOConfig):
             How rollout advantages are computed from the group's rewards (see `asym_trl.advantages`):
             `"asym"` (Eq. 10 with `beta_pos`, `beta_neg`), its presets `"reinforce"` (0, 0), `"grpo"` (TRL's GRPO
             on the raw rewards, any rewards; for binary ones the (0.5, 0.5) member; see `grpo_std`), `"pos_only"`
-            (0.5, 0), `"neg_only"` (0, 0.5); the flipped curves `"ent_decrease"` / `"ent_increase"` (App. D);
-            `"pass_at_k"` (Chen et al. 2025) and `"dr_grpo"` (r - mean, no std); or an estimator of your own
-            registered with `asym_trl.register_estimator` (by name, or `"package.module:attribute"`; see
-            `docs/estimators.md`).
+            (0.5, 0), `"neg_only"` (0, 0.5); the sign-weighted REINFORCE presets of Zhu et al. 2025 (beta = (0, 0),
+            `(scale_pos, scale_neg)`): `"psr"` (1, 0), `"nsr"` (0, 1), `"w_reinforce"` (0.1, 1); the flipped curves
+            `"ent_decrease"` / `"ent_increase"` (App. D); `"pass_at_k"` (Chen et al. 2025) and `"dr_grpo"` (r - mean,
+            no std); or an estimator of your own registered with `asym_trl.register_estimator` (by name, or
+            `"package.module:attribute"`; see `docs/estimators.md`).
         beta_pos (`float` or `None`, *optional*):
             Exponent on correct rollouts, >= 0. Defaults to the estimator's value (asym: 0.9; flipped: 0.5); a
             preset accepts only its own value.
         beta_neg (`float` or `None`, *optional*):
             Exponent on incorrect rollouts, >= 0. Defaults to the estimator's value (asym: 0.4; flipped: 0.5).
+        scale_pos (`float` or `None`, *optional*):
+            Scale of the advantage of correct rollouts in Eq. 10 (`scale_pos * ((1-p)/p)^beta_pos`), >= 0. Defaults
+            to the estimator's value (asym: 1); a preset accepts only its own (`"w_reinforce"`: 0.1).
+        scale_neg (`float` or `None`, *optional*):
+            Scale of the advantage of incorrect rollouts (`-scale_neg * (p/(1-p))^beta_neg`), >= 0; default as
+            `scale_pos`. At least one of the two must be > 0.
         success_threshold (`float` or `None`, *optional*):
             A rollout is a success when its reward is >= this value (unset: 1.0). Rewards need not be binary: partial
             credit below the threshold counts as a failure. Unscorable rollouts (every reward function returned
@@ -109,6 +116,8 @@ class AsymGRPOConfig(GRPOConfig):
     )
     beta_pos: float | None = field(default=None, metadata={"help": "Exponent on correct rollouts (Eq. 10)."})
     beta_neg: float | None = field(default=None, metadata={"help": "Exponent on incorrect rollouts (Eq. 10)."})
+    scale_pos: float | None = field(default=None, metadata={"help": "Scale on correct rollouts (Eq. 10)."})
+    scale_neg: float | None = field(default=None, metadata={"help": "Scale on incorrect rollouts (Eq. 10)."})
     success_threshold: float | None = field(
         default=None, metadata={"help": "A rollout succeeds when reward >= this (unset: 1.0)."}
     )
@@ -162,11 +171,11 @@ class AsymGRPOConfig(GRPOConfig):
 
     def _validate_estimator(self):
         est = get_estimator(self.advantage_estimator)  # ValueError naming the choices for an unknown one
-        for name in BETAS:
+        for name in BETAS + SCALES:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}={value} is invalid: it must be a finite number >= 0")
-        for name in BETAS:
+        for name in BETAS + SCALES:
             value = getattr(self, name)
             if name not in est.params:
                 if value is not None:
@@ -175,9 +184,11 @@ class AsymGRPOConfig(GRPOConfig):
             if name in est.fixed and value not in (None, est.fixed[name]):
                 raise ValueError(
                     f"{name}={value} conflicts with advantage_estimator={est.name!r}, which fixes "
-                    f"{name}={est.fixed[name]}; use advantage_estimator='asym' to set the betas freely"
+                    f"{name}={est.fixed[name]}; use advantage_estimator='asym' to set the betas and scales freely"
                 )
             setattr(self, name, est.defaults.get(name) if value is None else float(value))
+        if self.scale_pos == 0 and self.scale_neg == 0:
+            raise ValueError("scale_pos = scale_neg = 0 makes every advantage 0: nothing would be learned")
         if not est.uses_success and self.success_reward_func is not None:
             raise ValueError(
                 f"success_reward_func is not used by advantage_estimator={est.name!r} (it uses raw rewards)"

@@ -26,6 +26,7 @@ import torch
 
 from .advantages import (
     BETA_PRESETS,
+    SIGN_SCALE_PRESETS,
     asym_advantages,
     dr_grpo_advantages,
     ent_decrease_advantages,
@@ -45,9 +46,19 @@ __all__ = [
 ]
 
 # The config fields an estimator may read (AsymGRPOConfig fields of the same name).
-ESTIMATOR_PARAMS = ("beta_pos", "beta_neg", "success_threshold", "pass_at_k", "grpo_std", "scale_rewards")
+ESTIMATOR_PARAMS = (
+    "beta_pos",
+    "beta_neg",
+    "scale_pos",
+    "scale_neg",
+    "success_threshold",
+    "pass_at_k",
+    "grpo_std",
+    "scale_rewards",
+)
 DEFAULT_SUCCESS_THRESHOLD = 1.0  # what success_threshold=None (unset) means
 BETAS = ("beta_pos", "beta_neg")
+SCALES = ("scale_pos", "scale_neg")  # the per-sign scales of Eq. 10 (1 = the paper's family)
 
 
 @dataclass(frozen=True)
@@ -166,15 +177,27 @@ def estimator_names() -> Sequence[str]:
 
 # ------------------------------------------------------------------------------------------------ the paper's
 _BETA_FAMILY = ("beta_pos", "beta_neg", "success_threshold")
+_SCALED_FAMILY = (*BETAS, *SCALES, "success_threshold")  # Eq. 10 with a scale per sign
+
+
+def _family_preset(betas: tuple[float, float], scales: tuple[float, float]) -> dict[str, float]:
+    """The fixed values of a named member of the scaled Eq. 10 family."""
+    return dict(zip(BETAS, betas, strict=True)) | dict(zip(SCALES, scales, strict=True))
+
 
 register_estimator(
-    "asym", params=_BETA_FAMILY, defaults={"beta_pos": 0.9, "beta_neg": 0.4}, description="AsymGRPO, Eq. 10"
+    "asym",
+    params=_SCALED_FAMILY,
+    defaults={"beta_pos": 0.9, "beta_neg": 0.4, **dict.fromkeys(SCALES, 1.0)},
+    description="AsymGRPO, Eq. 10",
 )(asym_advantages)
-for _preset, (_pos, _neg) in BETA_PRESETS.items():  # the named members of the Eq. 10 family
-    if _preset == "grpo":
-        continue  # registered below: for binary rewards the same advantages, for any other TRL's
+# grpo is registered below: for binary rewards the same advantages, for any other TRL's
+_PRESETS = {name: (betas, (1.0, 1.0)) for name, betas in BETA_PRESETS.items() if name != "grpo"}
+_PRESETS |= {name: ((0.0, 0.0), scales) for name, scales in SIGN_SCALE_PRESETS.items()}  # REINFORCE, scaled
+for _preset, (_betas, _scales) in _PRESETS.items():  # the named members of the (scaled) Eq. 10 family
+    _source = "Zhu et al. 2025" if _preset in SIGN_SCALE_PRESETS else "Eq. 10"
     register_estimator(
-        _preset, params=_BETA_FAMILY, fixed={"beta_pos": _pos, "beta_neg": _neg}, description="Eq. 10 preset"
+        _preset, params=_SCALED_FAMILY, fixed=_family_preset(_betas, _scales), description=f"{_source} preset"
     )(asym_advantages)
 for _name, _fn, _curve in (
     ("ent_decrease", ent_decrease_advantages, "positive"),
@@ -218,6 +241,8 @@ def compute_advantages(
     *,
     beta_pos: float | None = None,
     beta_neg: float | None = None,
+    scale_pos: float | None = None,
+    scale_neg: float | None = None,
     success_threshold: float = DEFAULT_SUCCESS_THRESHOLD,
     pass_at_k: int = 5,
     grpo_std: str = "population",
@@ -225,8 +250,8 @@ def compute_advantages(
 ) -> torch.Tensor:
     """Flat ``(N,)`` rewards in TRL's order (each prompt's G rollouts consecutive) -> ``(N,)`` advantages.
 
-    ``beta_pos``/``beta_neg`` default to the estimator's value (``asym``: the paper's 0.9/0.4; presets: theirs;
-    flipped variants: 0.5/0.5).
+    ``beta_pos``/``beta_neg`` and ``scale_pos``/``scale_neg`` default to the estimator's value (``asym``: the
+    paper's 0.9/0.4 and 1/1; presets: theirs; flipped variants: 0.5/0.5).
     """
     if estimator not in estimator_names():
         raise ValueError(f"unknown advantage estimator {estimator!r}; choose one of {sorted(_REGISTRY)}")
@@ -239,6 +264,8 @@ def compute_advantages(
     given = dict(
         beta_pos=beta_pos,
         beta_neg=beta_neg,
+        scale_pos=scale_pos,
+        scale_neg=scale_neg,
         success_threshold=success_threshold,
         pass_at_k=pass_at_k,
         grpo_std=grpo_std,

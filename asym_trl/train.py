@@ -9,7 +9,9 @@ The recipe format, its checks and the batch arithmetic are `asym_trl.recipes`.  
 1. Resolve and check the recipe (`asym_trl.recipes.parse_args`): an unknown key or a bad value stops here, naming
    the key, before anything heavy is imported or loaded.  `--dry-run`: print the resolved recipe and the batch
    arithmetic (prompts per rollout step, completions per optimizer step, optimizer steps per generation) and exit.
-2. Model: `model_name_or_path` with the recipe's dtype / quantization / LoRA (TRL's `get_peft_config`).
+2. Model: `model_name_or_path` with the recipe's dtype / quantization / LoRA (TRL's `get_quantization_config`,
+   `get_peft_config`).  QLoRA is `load_in_4bit: true` + `use_peft: true`; where bitsandbytes cannot run (not
+   installed, no CUDA GPU) the launch stops here with the cause and the fix, before any model is loaded.
 3. Data: the training set (`asym_trl.data`, or a `module:function` factory) and the validation benchmarks.
 4. Rewards: `asym_trl.rewards.REWARD_FUNCS` names, or `module:function`.
 5. Trainer: `AsymGRPOTrainer`, validating greedily every `validation_steps` and keeping the best model in
@@ -22,6 +24,7 @@ The recipe format, its checks and the batch arithmetic are `asym_trl.recipes`.  
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -122,6 +125,8 @@ def _launch_error(script_args: ScriptArguments, training_args: AsymGRPOConfig, m
             "On CPU launch with recipes/accelerate_configs/cpu_multi.yaml (DDP); "
             f"{engine} needs GPUs (tests/test_fsdp.py shows how FSDP2 is exercised on CPU)"
         )
+    if (message := quantization_error(model_args, training_args)) is not None:
+        return message
     if script_args.num_processes is not None and script_args.num_processes != world_size:
         return (
             f"num_processes={script_args.num_processes} (the world size this recipe's batch "
@@ -142,12 +147,57 @@ def _engine_dropped_on_cpu(training_args: AsymGRPOConfig) -> str | None:
     return None
 
 
-def _print_dry_run(resolved: dict[str, Any], training_args: AsymGRPOConfig, plan) -> None:
+def quantization_error(model_args, training_args: AsymGRPOConfig) -> str | None:
+    """Why a bitsandbytes-quantized (QLoRA) launch cannot run here, or None: checked before any model load."""
+    key = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit" if model_args.load_in_8bit else None
+    if key is None:
+        return None
+    if not model_args.use_peft:
+        return f"{key} needs use_peft: true (QLoRA: the quantized base is frozen, only the LoRA adapters train)"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return (
+            f"{key} needs bitsandbytes, which is not installed: `pip install bitsandbytes` on a CUDA machine, "
+            f"or drop {key} to train LoRA on the unquantized base"
+        )
+    import torch
+
+    if training_args.use_cpu or not torch.cuda.is_available():
+        return (
+            f"{key} needs a CUDA GPU (bitsandbytes' quantized kernels) and none is in use here: run on a GPU "
+            f"machine, or drop {key} (use_peft alone trains LoRA on CPU)"
+        )
+    return None
+
+
+def describe_model(model_args) -> str:
+    """One line: the base model's quantization and the LoRA adapters, as TRL's config helpers build them."""
+    from trl import get_peft_config, get_quantization_config
+
+    quant, peft = get_quantization_config(model_args), get_peft_config(model_args)
+    if quant is None:
+        base = f"dtype={model_args.dtype}"
+    elif quant.load_in_4bit:
+        base = (
+            f"4-bit {quant.bnb_4bit_quant_type} (BitsAndBytesConfig, compute dtype {quant.bnb_4bit_compute_dtype}, "
+            f"double quant {quant.bnb_4bit_use_double_quant})"
+        )
+    else:
+        base = "8-bit (BitsAndBytesConfig)"
+    adapters = "full fine-tuning" if peft is None else f"LoRA r={peft.r} alpha={peft.lora_alpha}"
+    if peft is not None:
+        adapters += f" dropout={peft.lora_dropout} targets={peft.target_modules or 'the model type default'}"
+    return f"{base} + {adapters}" + (" (QLoRA)" if quant is not None and peft is not None else "")
+
+
+def _print_dry_run(resolved: dict[str, Any], training_args: AsymGRPOConfig, model_args, plan) -> None:
     print("# resolved recipe (recipe + command line, defaults omitted)")
     print(yaml.safe_dump(resolved, sort_keys=True, default_flow_style=None).rstrip())
     ta = training_args
     betas = f" (beta_pos={ta.beta_pos}, beta_neg={ta.beta_neg})" if ta.beta_pos is not None else ""
     print(f"# advantage estimator: {ta.advantage_estimator}{betas}, loss_type={ta.loss_type}")
+    print(f"# model: {describe_model(model_args)}")
+    if (message := quantization_error(model_args, training_args)) is not None:
+        print(f"# note: a launch here would stop: {message}")
     print(describe_plan(plan, training_args))
 
 
@@ -181,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as e:
         return _error(str(e))
     if script_args.dry_run:
-        _print_dry_run(resolved, training_args, plan)
+        _print_dry_run(resolved, training_args, model_args, plan)
         return 0
     if (message := _launch_error(script_args, training_args, model_args)) is not None:
         return _error(message)

@@ -101,6 +101,32 @@ def test_hand_computed_values_g8():
     assert adv[-1].item() == pytest.approx(-math.sqrt(3))
 
 
+# Zhu et al. 2025 at beta = (0, 0): (correct, incorrect) advantage in every group, boundaries included.
+SIGN_SCALED = {"psr": (1.0, 0.0), "nsr": (0.0, -1.0), "w_reinforce": (0.1, -1.0)}
+
+
+@pytest.mark.parametrize("name", sorted(SIGN_SCALED))
+def test_sign_scaled_reinforce_presets_hand_values(name):
+    pos, neg = SIGN_SCALED[name]
+    for k in (0, 1, 3, 8):  # none-, one-, some-, all-solved
+        want = [pos] * k + [neg] * (8 - k)
+        adv = compute_advantages(group(8, k).view(-1), 8, name)
+        assert adv.tolist() == want
+        assert not adv[adv == 0].signbit().any()  # +0, never -0, where a scale is 0
+    r = torch.tensor(
+        [1.0, float("nan"), 0.0, 0.5], dtype=torch.float64
+    )  # unscorable -> 0; partial credit below 1 is a failure
+    assert compute_advantages(r, 4, name).tolist() == [pos, 0.0, neg, neg]
+
+
+def test_per_sign_scales_multiply_eq10():
+    adv = compute_advantages(group(8, 1).view(-1), 8, "asym", scale_pos=2.0, scale_neg=0.5)
+    assert adv[0].item() == pytest.approx(2 * 7**0.9)  # 11.5244
+    assert adv[1].item() == pytest.approx(-0.5 * (1 / 7) ** 0.4)  # -0.2296
+    unit = compute_advantages(all_groups(8).view(-1), 8, "asym")
+    assert torch.equal(compute_advantages(all_groups(8).view(-1), 8, "asym", scale_pos=1.0, scale_neg=1.0), unit)
+
+
 def test_reinforce_is_plus_minus_one_in_every_group_including_boundaries():
     for G in GROUP_SIZES:
         adv = compute_advantages(all_groups(G).view(-1), G, "reinforce")

@@ -23,11 +23,36 @@ def make(**kw):
         ("neg_only", (0.0, 0.5)),
         ("ent_decrease", (0.5, 0.5)),
         ("ent_increase", (0.5, 0.5)),
+        ("psr", (0.0, 0.0)),
+        ("nsr", (0.0, 0.0)),
+        ("w_reinforce", (0.0, 0.0)),
     ],
 )
 def test_beta_defaults_per_estimator(estimator, expected):
     args = make(advantage_estimator=estimator)
     assert (args.beta_pos, args.beta_neg) == expected
+
+
+@pytest.mark.parametrize(
+    "estimator,expected",
+    [
+        ("asym", (1.0, 1.0)),
+        ("reinforce", (1.0, 1.0)),
+        ("psr", (1.0, 0.0)),
+        ("nsr", (0.0, 1.0)),
+        ("w_reinforce", (0.1, 1.0)),
+        ("grpo", (None, None)),  # TRL's GRPO reads no scale
+        ("ent_decrease", (None, None)),
+    ],
+)
+def test_scale_defaults_per_estimator(estimator, expected):
+    args = make(advantage_estimator=estimator)
+    assert (args.scale_pos, args.scale_neg) == expected
+
+
+def test_asym_takes_free_scales():
+    args = make(advantage_estimator="asym", beta_pos=0.0, beta_neg=0.0, scale_pos=0.1)
+    assert (args.beta_pos, args.beta_neg, args.scale_pos, args.scale_neg) == (0.0, 0.0, 0.1, 1.0)  # = w_reinforce
 
 
 def test_asym_takes_free_betas_and_a_preset_accepts_its_own():
@@ -42,6 +67,13 @@ def test_asym_takes_free_betas_and_a_preset_accepts_its_own():
         (dict(advantage_estimator="ppo"), "advantage_estimator='ppo' is unknown"),
         (dict(beta_pos=-0.1), "beta_pos=-0.1 is invalid"),
         (dict(beta_neg=float("nan")), "beta_neg=nan is invalid"),
+        (dict(scale_pos=-1.0), "scale_pos=-1.0 is invalid"),
+        (dict(scale_neg=float("inf")), "scale_neg=inf is invalid"),
+        (dict(scale_pos=0.0, scale_neg=0.0), "scale_pos = scale_neg = 0 makes every advantage 0"),
+        (dict(advantage_estimator="w_reinforce", scale_pos=0.5), "scale_pos=0.5 conflicts with advantage_estimator="),
+        (dict(advantage_estimator="psr", beta_pos=0.5), "beta_pos=0.5 conflicts with advantage_estimator='psr'"),
+        (dict(advantage_estimator="grpo", scale_neg=2.0), "scale_neg is not used by advantage_estimator='grpo'"),
+        (dict(advantage_estimator="ent_decrease", scale_pos=2.0), "scale_pos is not used"),
         (dict(advantage_estimator="grpo", beta_pos=0.9), "beta_pos=0.9 conflicts with advantage_estimator='grpo'"),
         (dict(advantage_estimator="dr_grpo", beta_neg=0.4), "beta_neg is not used by advantage_estimator='dr_grpo'"),
         (dict(advantage_estimator="pass_at_k", beta_pos=0.4), "beta_pos is not used"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from asym_trl import ADVANTAGE_ESTIMATORS, AsymGRPOConfig, register_estimator
-from asym_trl.advantages import BETA_PRESETS
+from asym_trl.advantages import BETA_PRESETS, SIGN_SCALE_PRESETS
 from asym_trl.estimators import estimator_names, get_estimator
 from asym_trl.recipes import make_parser
 
@@ -17,11 +17,20 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "estimators.md"
 
 def test_the_papers_estimators_and_their_metadata():
     assert sorted(ADVANTAGE_ESTIMATORS) == sorted(
-        ["asym", *BETA_PRESETS, "ent_decrease", "ent_increase", "pass_at_k", "dr_grpo"]
+        ["asym", *BETA_PRESETS, *SIGN_SCALE_PRESETS, "ent_decrease", "ent_increase", "pass_at_k", "dr_grpo"]
     )
     for name, (pos, neg) in BETA_PRESETS.items():
-        assert ADVANTAGE_ESTIMATORS[name].fixed == {"beta_pos": pos, "beta_neg": neg}
-    assert ADVANTAGE_ESTIMATORS["asym"].defaults == {"beta_pos": 0.9, "beta_neg": 0.4}
+        scales = {} if name == "grpo" else {"scale_pos": 1.0, "scale_neg": 1.0}  # grpo: TRL's, reads no scale
+        assert ADVANTAGE_ESTIMATORS[name].fixed == {"beta_pos": pos, "beta_neg": neg, **scales}
+    assert ADVANTAGE_ESTIMATORS["psr"].fixed == {"beta_pos": 0, "beta_neg": 0, "scale_pos": 1, "scale_neg": 0}
+    assert ADVANTAGE_ESTIMATORS["nsr"].fixed == {"beta_pos": 0, "beta_neg": 0, "scale_pos": 0, "scale_neg": 1}
+    assert ADVANTAGE_ESTIMATORS["w_reinforce"].fixed == {
+        "beta_pos": 0,
+        "beta_neg": 0,
+        "scale_pos": 0.1,
+        "scale_neg": 1,
+    }
+    assert ADVANTAGE_ESTIMATORS["asym"].defaults == {"beta_pos": 0.9, "beta_neg": 0.4, "scale_pos": 1, "scale_neg": 1}
     assert not ADVANTAGE_ESTIMATORS["pass_at_k"].uses_betas and not ADVANTAGE_ESTIMATORS["dr_grpo"].uses_success
     assert list(estimator_names()) == sorted(ADVANTAGE_ESTIMATORS)
 

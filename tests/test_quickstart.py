@@ -98,3 +98,32 @@ def test_asymgrpo_raises_held_out_accuracy(tmp_path, one_torch_thread):
     stamp = (sft_dir / "model.safetensors").stat().st_mtime_ns
     assert warm_start(settings, tmp_path / "cache", train_dataset=None) == sft_dir
     assert (sft_dir / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_quiet_console_filters_only_the_libraries_noise():
+    import warnings
+
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    from asym_trl.apps.quickstart import quiet_console
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            quiet_console()
+            for text in (
+                "`gradient_checkpointing` is deprecated and will be removed in v6.",
+                "`is_gradient_checkpointing` is deprecated and will be removed in v6.",
+                "`learning_rate` is deprecated",  # anything else still shows
+            ):
+                warnings.warn(text, FutureWarning, stacklevel=1)
+            warnings.warn("`gradient_checkpointing` is deprecated", UserWarning, stacklevel=1)
+        assert [str(w.message) for w in caught] == [
+            "`learning_rate` is deprecated",
+            "`gradient_checkpointing` is deprecated",
+        ]
+        assert not datasets.is_progress_bar_enabled() and not hf_logging.is_progress_bar_enabled()
+    finally:
+        datasets.enable_progress_bar()
+        hf_logging.enable_progress_bar()

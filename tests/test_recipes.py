@@ -8,6 +8,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from asym_trl.recipes import RecipeError, batch_plan, describe_plan, load_recipe, parse_args, plan_for
@@ -333,3 +334,49 @@ def test_cli_dispatches_train_and_push(capsys):
     with pytest.raises(SystemExit):
         cli(["push", "--help"])
     assert "--hub_model_id" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ QLoRA
+def test_qlora_recipe_resolves_to_a_4bit_base_and_lora_adapters(capsys):
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+    from trl import get_peft_config, get_quantization_config
+
+    path = RECIPES / "qlora" / "qwen3-4b-asym.yaml"
+    _, args, model_args, resolved = _parse(path)
+    quant, lora = get_quantization_config(model_args), get_peft_config(model_args)
+    assert isinstance(quant, BitsAndBytesConfig) and quant.load_in_4bit and quant.bnb_4bit_quant_type == "nf4"
+    assert quant.bnb_4bit_use_double_quant and quant.bnb_4bit_compute_dtype == torch.bfloat16
+    assert isinstance(lora, LoraConfig) and (lora.r, lora.lora_alpha, lora.target_modules) == (64, 128, "all-linear")
+    assert (args.advantage_estimator, args.beta_pos, args.beta_neg) == ("asym", 0.9, 0.4)  # asym.yaml's, unchanged
+    assert main(["--config", str(path), "--dry-run", "--num_processes", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "# model: 4-bit nf4 (BitsAndBytesConfig, compute dtype torch.bfloat16, double quant True)" in out
+    assert "+ LoRA r=64 alpha=128 dropout=0.05 targets=all-linear (QLoRA)" in out
+
+
+@pytest.mark.parametrize(
+    "flags, bnb_installed, message",
+    [
+        (("--use_peft", "true"), False, "load_in_4bit needs bitsandbytes, which is not installed: `pip install"),
+        (("--use_peft", "true"), True, "load_in_4bit needs a CUDA GPU (bitsandbytes' quantized kernels)"),
+        ((), True, "load_in_4bit needs use_peft: true (QLoRA"),
+    ],
+    ids=["no-bitsandbytes", "no-cuda", "no-peft"],
+)
+def test_qlora_where_bitsandbytes_cannot_run_stops_before_model_load(
+    tmp_path, capsys, monkeypatch, flags, bnb_installed, message
+):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(  # the machine without / with bitsandbytes, whatever this one has
+        importlib.util, "find_spec", lambda name, *a: (object() if bnb_installed else None) if name == "bitsandbytes"
+        else find_spec(name, *a)
+    )  # fmt: skip
+    recipe = _write(tmp_path / "r.yaml", {"base": str(RECIPES / "cpu" / "quickstart.yaml"), "load_in_4bit": True})
+    out = tmp_path / "out"
+    argv = ["--config", str(recipe), "--output_dir", str(out), "--model_name_or_path", str(tmp_path / "no-model")]
+    assert main([*argv, *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing was built or loaded

@@ -29,11 +29,13 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import PrinterCallback
+from tqdm.auto import tqdm
+from transformers import PrinterCallback, TrainerCallback
 
 from ..config import AsymGRPOConfig
 from ..evaluation import evaluate_policy
@@ -43,7 +45,47 @@ from ..trainer import AsymGRPOTrainer
 from ..validation import ValidationCallback
 from .tiny import build_tiny_model, cpu_run_kwargs, last_digit_reward, last_digit_splits
 
-__all__ = ["HeldOutCallback", "QuickstartSettings", "evaluate_heldout", "run_quickstart", "train_rl", "warm_start"]
+__all__ = [
+    "HeldOutCallback",
+    "PhaseProgress",
+    "QuickstartSettings",
+    "evaluate_heldout",
+    "quiet_console",
+    "run_quickstart",
+    "train_rl",
+    "warm_start",
+]
+
+# Deprecations raised by TRL's own defaults against this transformers (gradient_checkpointing ->
+# activation_checkpointing): nothing a quickstart user can change.
+LIBRARY_DEPRECATIONS = r"`(is_)?gradient_checkpointing(_kwargs)?` is deprecated"
+
+
+def quiet_console() -> None:
+    """The quickstart's console: its own lines and one bar per phase, not the libraries' (dataset tokenisation,
+    "Loading weights" / "Writing model shards" bars, deprecations of TRL's defaults).  Called by the app only."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bar()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=LIBRARY_DEPRECATIONS, category=FutureWarning)
+
+
+class PhaseProgress(TrainerCallback):
+    """One progress bar over a training phase's optimizer steps (the trainers run with ``disable_tqdm``)."""
+
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", leave=True, dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()
 
 
 @dataclass
@@ -121,6 +163,7 @@ def warm_start(settings: QuickstartSettings, cache_dir: str | Path, train_datase
         processing_class=tokenizer,
     )
     trainer.remove_callback(PrinterCallback)  # no per-step dicts on stdout
+    trainer.add_callback(PhaseProgress("warm start (SFT)"))
     print(f"warm start: SFT of the tiny model, {settings.sft_steps} steps (cached in {out})", flush=True)
     trainer.train()
     trainer.save_model(str(tmp))
@@ -164,10 +207,9 @@ class HeldOutCallback(ValidationCallback):
 
     def record(self, args, state, record: dict) -> None:
         state.log_history.append(record)
-        print(
+        tqdm.write(  # above the phase's progress bar
             f"  RL step {state.global_step:4d}: held-out accuracy sampled {record['heldout/sampled_accuracy']:.3f}, "
-            f"greedy {record['heldout/greedy_accuracy']:.3f}; entropy {record['heldout/entropy']:.3f}",
-            flush=True,
+            f"greedy {record['heldout/greedy_accuracy']:.3f}; entropy {record['heldout/entropy']:.3f}"
         )
 
 
@@ -195,9 +237,10 @@ def train_rl(settings: QuickstartSettings, model_dir: str | Path, train_dataset,
         args=args,
         train_dataset=train_dataset.remove_columns("completion"),
     )
+    trainer.remove_callback(PrinterCallback)  # metrics go to the log history; progress to one bar and the curve
+    trainer.add_callback(PhaseProgress("RL (AsymGRPO)"))  # before the curve: the bar shows the step it is printed at
     if heldout is not None and settings.curve_every:
         trainer.add_callback(HeldOutCallback(trainer, heldout, settings))
-    trainer.remove_callback(PrinterCallback)  # progress comes from HeldOutCallback; metrics go to the log history
     trainer.train()
     return trainer
 
@@ -289,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         "--num-threads", type=int, default=1, help="torch CPU threads (1: the tiny model gains nothing from more)"
     )
     opts = parser.parse_args(argv)
+    quiet_console()
     torch.set_num_threads(opts.num_threads)
     settings = QuickstartSettings(
         seed=opts.seed, sft_steps=opts.sft_steps, rl_steps=opts.rl_steps, advantage_estimator=opts.advantage_estimator
