@@ -70,8 +70,9 @@ def bootstrap_ci(values: list[float], resamples: int = 10_000, seed: int = 0) ->
 
 
 def paired(results: dict, a: str, b: str, key: str) -> list[float]:
-    """Same-seed differences ``a - b`` of ``key`` (seeds both methods ran)."""
+    """Same-seed differences ``a - b`` of ``key`` (seeds both methods ran with that metric)."""
     seeds = sorted(set(results.get(a, {})) & set(results.get(b, {})))
+    seeds = [s for s in seeds if key in results[a][s] and key in results[b][s]]
     return [results[a][s][key] - results[b][s][key] for s in seeds]
 
 
@@ -126,12 +127,14 @@ def load_results(out: Path) -> dict[str, dict[int, dict]]:
 def analyse(out: Path) -> str:
     results = load_results(out)
     label = dict(METHODS)
-    lines = ["| method | seeds | " + " | ".join(h for _, h in COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
+    runs = [r for per_seed in results.values() for r in per_seed.values()]
+    columns = [(k, h) for k, h in COLUMNS if all(k in r for r in runs)]  # pass@64 needs n >= 64
+    lines = ["| method | seeds | " + " | ".join(h for _, h in columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for method, _ in METHODS:
         if method not in results:
             continue
         cells = []
-        for key, _ in COLUMNS:
+        for key, _ in columns:
             mean, low, high = bootstrap_ci([r[key] for r in results[method].values()])
             cell = f"{mean:.3f} [{low:.3f}, {high:.3f}]"
             if method != "grpo" and "grpo" in results:
