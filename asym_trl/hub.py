@@ -4,11 +4,11 @@
 
 A run directory is what `asym_trl.train` writes to `output_dir`: the final model, `best/` (the best model by
 greedy validation, with `best.json`), `validation.jsonl`, `recipe.yaml` (the resolved recipe) and, once evaluated,
-`eval_results.json` (or pass `asym-trl eval`'s `results.json`).  The card names the advantage estimator and its
-beta_pos/beta_neg, the recipe (embedded) and the evaluation table.  A push uploads the best model when there is one
-(the paper reports the checkpoint best on MATH-500), else the final one, with the card and the run's records, never
-the `checkpoint-*` folders; when it cannot happen (offline, not logged in, no access) it raises `HubPushError` with
-the reason and leaves the local run untouched, so it can be retried with `asym-trl push`.
+`eval_results.json` (or pass `asym-trl eval`'s `results.json`).  The card names the advantage estimator and the
+parameters it reads (betas, scales, ...), the recipe (embedded) and the evaluation table.  A push uploads the best
+model when there is one (the paper reports the checkpoint best on MATH-500), else the final one, with the card and the
+run's records, never the `checkpoint-*` folders; when it cannot happen (offline, not logged in, no access) it raises
+`HubPushError` with the reason and leaves the local run untouched, so it can be retried with `asym-trl push`.
 """
 
 from __future__ import annotations
@@ -55,13 +55,21 @@ def load_eval_results(path: str | Path) -> dict[str, dict[str, float]]:
     return results
 
 
+def estimator_params(training_args) -> dict[str, Any]:
+    """The values of the config fields the run's estimator reads (the threshold in effect when it was left unset)."""
+    names = get_estimator(training_args.advantage_estimator).params
+    return {
+        name: training_args.threshold if name == "success_threshold" else getattr(training_args, name)
+        for name in names
+    }
+
+
 def render_model_card(
     *,
     model_name: str,
     base_model: str | None,
     estimator: str,
-    beta_pos: float | None,
-    beta_neg: float | None,
+    estimator_params: dict[str, Any],
     recipe_text: str,
     recipe_source: str | None = None,
     dataset: str | None = None,
@@ -78,11 +86,8 @@ def render_model_card(
         tags=["asym_trl", "trl", "grpo", "asymgrpo", "reinforcement-learning"],
         datasets=[dataset] if dataset and "/" in dataset else None,
     )
-    betas = (
-        f"beta_pos = {beta_pos}, beta_neg = {beta_neg}"
-        if get_estimator(estimator).uses_betas
-        else "beta_pos / beta_neg: not used by this estimator"
-    )
+    # the parameters the registry says this estimator reads (betas, per-sign scales, K, threshold, ...)
+    params = ", ".join(f"{name} = {estimator_params.get(name)}" for name in get_estimator(estimator).params)
     rows = "\n".join(f"| `{key}` | `{value}` |" for key, value in (settings or {}).items())
     if eval_results:
         metrics = sorted({m for scores in eval_results.values() for m in scores})
@@ -111,7 +116,7 @@ def render_model_card(
 ## Method
 
 - advantage estimator: `{estimator}`
-- {betas}
+- estimator parameters: {params or "none"}
 - weights: {selection or "the final step of training"}
 
 | setting | value |
@@ -178,8 +183,7 @@ def write_model_card(output_dir: str | Path, eval_results: str | Path | None = N
         model_name=hub_id.split("/")[-1] if hub_id else output_dir.name,
         base_model=model_args.model_name_or_path,
         estimator=training_args.advantage_estimator,
-        beta_pos=training_args.beta_pos,
-        beta_neg=training_args.beta_neg,
+        estimator_params=estimator_params(training_args),
         recipe_text=recipe_text,
         recipe_source=source.group(1) if source else None,
         dataset=script_args.dataset_name,

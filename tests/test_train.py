@@ -136,17 +136,18 @@ def test_model_card_names_estimator_betas_recipe_and_eval_table(trained_run, tmp
         model_name="m",
         base_model="Qwen/Qwen3-4B",
         estimator="asym",
-        beta_pos=0.9,
-        beta_neg=0.4,
+        estimator_params={"beta_pos": 0.9, "beta_neg": 0.4, "scale_pos": 1.0, "scale_neg": 1.0},
         recipe_text="advantage_estimator: asym\n",
         recipe_source="recipes/qwen3-4b/asym.yaml",
         dataset="math",
     )
     assert "advantage estimator: `asym`" in text and "beta_pos = 0.9, beta_neg = 0.4" in text
     assert "from `recipes/qwen3-4b/asym.yaml`" in text and "```yaml\nadvantage_estimator: asym\n```" in text
-    assert "not used by this estimator" in hub.render_model_card(
-        model_name="m", base_model=None, estimator="pass_at_k", beta_pos=None, beta_neg=None, recipe_text=""
+    assert "scale_pos = 1.0, scale_neg = 1.0" in text  # the per-sign scales of Eq. 10 are stated too
+    pass_at_k = hub.render_model_card(
+        model_name="m", base_model=None, estimator="pass_at_k", estimator_params={"pass_at_k": 5}, recipe_text=""
     )
+    assert "estimator parameters: pass_at_k = 5" in pass_at_k and "beta_pos" not in pass_at_k
 
 
 def test_eval_results_file_checks(tmp_path):
