@@ -102,6 +102,12 @@ class AsymGRPOConfig(GRPOConfig):
             The same over one optimizer step: every this many optimizer steps, over the correct rollouts of that
             step's micro-batches only (one mini-batch update). Costs one extra forward pass over the step's
             rollouts; 0 (the default) turns it off.
+        skip_zero_signal (`bool`, *optional*, defaults to `False`):
+            Leave the rollouts whose gradient is exactly zero (advantage 0, e.g. all of an all-solved group) out of
+            the loss forward/backward; the update is unchanged up to float summation order. Switches itself off with
+            a KL term, an entropy bonus or advantage, `top_entropy_quantile < 1` or a router loss. Under the skip the
+            loss-forward metrics (`entropy`, `clip_ratio/*`, `entropy/correct`, ...) cover the informative rollouts
+            and are logged as `<name>/informative` (see `docs/zero_signal.md`).
 
     Clip-higher is TRL's `epsilon_high`, the entropy bonus TRL's `entropy_coef`, token-level aggregation TRL's
     `loss_type="dapo"` (the default): they are used as they are. `scale_rewards="batch"` normalises TRL's own
@@ -161,6 +167,11 @@ class AsymGRPOConfig(GRPOConfig):
     )
     likelihood_displacement_optimizer_steps: int = field(
         default=0, metadata={"help": "Likelihood displacement over each Nth optimizer step (0 = off)."}
+    )
+
+    skip_zero_signal: bool = field(
+        default=False,
+        metadata={"help": "Skip the forward/backward of zero-advantage rollouts (same update; docs/zero_signal.md)."},
     )
 
     def __post_init__(self):
