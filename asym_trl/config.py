@@ -108,6 +108,13 @@ class AsymGRPOConfig(GRPOConfig):
             a KL term, an entropy bonus or advantage, `top_entropy_quantile < 1` or a router loss. Under the skip the
             loss-forward metrics (`entropy`, `clip_ratio/*`, `entropy/correct`, ...) cover the informative rollouts
             and are logged as `<name>/informative` (see `docs/zero_signal.md`).
+        dynamic_sampling (`bool`, *optional*, defaults to `False`):
+            DAPO's filter groups, without new prompts: the generation batch's prompts are generated again and each
+            group whose advantages are all 0 is replaced by the first informative group of the same prompt, up to
+            `dynamic_sampling_max_generations` generations in all (`docs/zero_signal.md`). Each process must hold
+            whole groups.
+        dynamic_sampling_max_generations (`int`, *optional*, defaults to `3`):
+            Most generations (the first included) per generation batch under `dynamic_sampling`.
 
     Clip-higher is TRL's `epsilon_high`, the entropy bonus TRL's `entropy_coef`, token-level aggregation TRL's
     `loss_type="dapo"` (the default): they are used as they are. `scale_rewards="batch"` normalises TRL's own
@@ -172,6 +179,13 @@ class AsymGRPOConfig(GRPOConfig):
     skip_zero_signal: bool = field(
         default=False,
         metadata={"help": "Skip the forward/backward of zero-advantage rollouts (same update; docs/zero_signal.md)."},
+    )
+
+    dynamic_sampling: bool = field(
+        default=False, metadata={"help": "Regenerate zero-signal groups (DAPO's filter groups; same prompts)."}
+    )
+    dynamic_sampling_max_generations: int = field(
+        default=3, metadata={"help": "Most generations per generation batch under dynamic_sampling."}
     )
 
     def __post_init__(self):
@@ -245,6 +259,15 @@ class AsymGRPOConfig(GRPOConfig):
 
     def _validate_against_grpo(self):
         """Checks that need GRPOConfig's resolved fields."""
+        if self.dynamic_sampling:
+            if self.dynamic_sampling_max_generations < 1:
+                raise ValueError("dynamic_sampling_max_generations must be >= 1")
+            local = self.per_device_train_batch_size * self.steps_per_generation
+            if local % self.num_generations:
+                raise ValueError(
+                    f"dynamic_sampling needs whole groups on each process: per_device_train_batch_size x "
+                    f"steps_per_generation ({local}) must be a multiple of num_generations ({self.num_generations})"
+                )
         est = get_estimator(self.advantage_estimator)
         if "pass_at_k" in est.params and not (1 <= self.pass_at_k <= self.num_generations):
             raise ValueError(

@@ -8,6 +8,7 @@ import torch
 
 from .advantages import entropy_shaped_advantages
 from .config import AsymGRPOConfig
+from .dynamic_sampling import DynamicSampler
 from .estimators import ESTIMATOR_PARAMS, get_estimator
 from .group_diagnostics import GroupDiagnostics
 from .success import DegenerateWatch, SuccessRule
@@ -37,6 +38,8 @@ class AsymGRPOTrainer(GRPOHooks):
        worker extension instead of NCCL (:mod:`asym_trl.vllm_sync`).
     6. **Zero-signal skip** (``skip_zero_signal``): rollouts whose gradient is exactly zero are left out of the loss
        forward/backward, with the full micro-batch's normaliser (:mod:`asym_trl.zero_signal`).
+    7. **Dynamic sampling** (``dynamic_sampling``): zero-signal groups are generated again from the same prompts, up
+       to a cap (:mod:`asym_trl.dynamic_sampling`).
 
     How they reach TRL's private methods (pinned to trl 1.16.0) is :mod:`asym_trl.trl_compat`.
     """
@@ -75,6 +78,7 @@ class AsymGRPOTrainer(GRPOHooks):
         if self.diagnostics is not None:
             self.add_callback(self.diagnostics)
         self.zero_signal = ZeroSignalSkip(self)
+        self.dynamic_sampling = DynamicSampler(self) if args.dynamic_sampling else None
 
     def train(self, resume_from_checkpoint=None, *more, **kwargs):
         if self.diagnostics is not None:
@@ -93,6 +97,8 @@ class AsymGRPOTrainer(GRPOHooks):
         success = self.success_rule.success(rewards)
         if mode == "train":
             self._degenerate.update(advantages)
+            if self.dynamic_sampling is not None:
+                self.dynamic_sampling.observe(advantages, success, ~torch.isnan(rewards))
 
         rank = self.accelerator.process_index
         local = slice(rank * len(inputs), (rank + 1) * len(inputs))
@@ -104,6 +110,11 @@ class AsymGRPOTrainer(GRPOHooks):
             output["rollout_index"] = torch.arange(len(rewards), device=rewards.device)[local]
         replace_logged_advantages(self, advantages)
         return output
+
+    def generation_batch(self, inputs, generate_fn):
+        if self.dynamic_sampling is None:
+            return generate_fn(inputs)
+        return self.dynamic_sampling.generate(inputs, generate_fn)
 
     # ----------------------------------------------------------------- 2-4, 6. the loss
     def micro_batch_loss(self, inputs, loss_fn):

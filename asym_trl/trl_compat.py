@@ -8,6 +8,7 @@ methods and attributes must be used.  They are used here only, and turned into p
 
   - ``_calculate_rewards`` -- keeps the rewards it returns (already gathered from all processes, global order);
   - ``_generate_and_score_completions`` -- hands TRL's batch and those rewards to :meth:`GRPOHooks.rescore`;
+    :meth:`GRPOHooks.generation_batch` may run that (:meth:`GRPOHooks.trl_generate`) more than once;
   - ``_compute_loss`` / ``_get_per_token_logps_and_entropies`` -- :meth:`GRPOHooks.micro_batch_loss` may run
     TRL's loss (:meth:`GRPOHooks.trl_loss`) on a subset of the micro-batch's rows; when
     :meth:`GRPOHooks.wants_token_stats`, the loss runs inside a :class:`TokenStats` scope that records the per-token
@@ -45,6 +46,7 @@ __all__ = [
     "last_loaded_step",
     "metrics",
     "micro_step",
+    "pad_token_id",
     "replace_logged_advantages",
     "set_last_loaded_step",
     "swap_vllm_generation",
@@ -137,6 +139,14 @@ class GRPOHooks(GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
+        return self.generation_batch(inputs, self.trl_generate)
+
+    def generation_batch(self, inputs: list, generate_fn: Callable[[list], dict]) -> dict:
+        """The scored batch of ``inputs``; ``generate_fn(inputs)`` is :meth:`trl_generate` (it may be called again)."""
+        return generate_fn(inputs)
+
+    def trl_generate(self, inputs: list) -> dict:
+        """TRL's generated and scored batch of ``inputs``, rescored by :meth:`rescore`."""
         output = super()._generate_and_score_completions(inputs)
         return self.rescore(output, inputs, self._gathered_rewards_per_func)
 
@@ -200,6 +210,11 @@ _LOSS_NORMALISERS = {
 def loss_normaliser(loss_type: str) -> str | None:
     """``"rows"``, ``"tokens"`` or ``"global"`` for TRL's ``loss_type`` (see above); None for one not known here."""
     return _LOSS_NORMALISERS.get(loss_type)
+
+
+def pad_token_id(trainer) -> int:
+    """The id TRL pads completions with."""
+    return trainer._tokenizer.pad_token_id
 
 
 def micro_step(trainer) -> int:

@@ -167,15 +167,75 @@ def test_off_by_default(tiny_model_path, cpu_config):
 def test_two_processes_same_weights_with_a_process_fully_skipped(tiny_model_path, tmp_path):
     script = Path(__file__).parent / "scripts" / "record_zero_signal.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    for skip in ("0", "1"):
+    records = {}
+    for mode in ("0", "1", "ds"):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        cmd += [str(script), str(tmp_path), tiny_model_path, skip]
+        cmd += [str(script), str(tmp_path), tiny_model_path, mode]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]
-    full, skip = torch.load(tmp_path / "skip0.pt"), torch.load(tmp_path / "skip1.pt")
+        records[mode] = json.loads((tmp_path / f"{mode}.json").read_text())
+        assert records[mode]["world_size"] == 2
+    full, skip = torch.load(tmp_path / "0.pt"), torch.load(tmp_path / "1.pt")
     for name in full:
         torch.testing.assert_close(skip[name], full[name], **WEIGHT_TOL)
-    record = json.loads((tmp_path / "skip1.json").read_text())
-    assert record["world_size"] == 2
     # process 1's 8 rollouts and process 0's none-solved group have advantage 0; both forward process 0's count
-    assert record["skipped"] and all(0 < s <= 0.75 for s in record["skipped"])
+    skipped = [h["zero_signal/skipped_frac"] for h in records["1"]["logs"]]
+    assert skipped and all(0 < s <= 0.75 for s in skipped)
+    # dynamic sampling: the same number of generations on both processes (no hang), capped; 1 of 4 groups fills
+    steps = records["ds"]["logs"]
+    assert steps[0]["dynamic_sampling/generations"] == 3
+    assert steps[0]["dynamic_sampling/informative_groups"] == pytest.approx(0.25)
+    assert steps[0]["groups/all_solved"] == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------- dynamic sampling
+def scripted_reward(plans):
+    """Generation k (one call per generation) gives group j the kind plans[k][j]: 'all', 'none' or 'mixed'."""
+    calls = []
+
+    def reward(completions, **kwargs):
+        plan = plans[min(len(calls), len(plans) - 1)]
+        calls.append(1)
+        kind = {"all": lambda i: 1.0, "none": lambda i: 0.0, "mixed": lambda i: float(i < G // 2)}
+        return [kind[plan[i // G]](i % G) for i in range(len(completions))]
+
+    reward.calls = calls
+    return reward
+
+
+@pytest.mark.parametrize("cap, generations", [(2, 2), (3, 3)])
+def test_dynamic_sampling_fills_the_batch_and_keeps_the_shares(cap, generations, tiny_model_path, cpu_config):
+    reward = scripted_reward([["all", "none", "mixed"], ["mixed", "all", "all"], ["all", "mixed", "none"]])
+    args = cpu_config(
+        num_generations=G, per_device_train_batch_size=12, dynamic_sampling=True, dynamic_sampling_max_generations=cap
+    )
+    trainer = AsymGRPOTrainer(tiny_model_path, reward_funcs=reward, args=args, train_dataset=toy_sum_dataset(24))
+    batch = batch_of(trainer)
+    assert len(reward.calls) == generations
+    filled = informative_rows(batch["advantages"]).view(-1, G).all(dim=1).tolist()
+    assert filled == [True, cap == 3, True]  # group 0 from generation 2, group 1 from generation 3, group 2 kept
+    mask = batch["completion_mask"]
+    assert batch["num_items_in_batch"].item() == mask.sum().item()
+    assert mask.shape == batch["completion_ids"].shape
+    logged = metrics(trainer, "train")
+    assert logged["dynamic_sampling/generations"] == [float(generations)]
+    assert logged["dynamic_sampling/informative_groups"] == [pytest.approx((2 + (cap == 3)) / 3)]
+    # the shares count every generated group, the dropped ones included
+    all_solved = [1 / 3, 2 / 3, 1 / 3][:generations]
+    assert logged["groups/all_solved"] == [pytest.approx(v) for v in all_solved]
+    # the diagnostics see the merged batch: its success pattern
+    success = trainer.diagnostics.groups["train"]["success"].view(-1, G).sum(dim=1).tolist()
+    assert success == [G // 2, G // 2 if cap == 3 else 0, G // 2]
+
+
+def test_dynamic_sampling_trains(tiny_model_path, cpu_config):
+    reward = scripted_reward([["all", "none", "mixed"], ["mixed", "mixed", "all"]])
+    args = cpu_config(num_generations=G, per_device_train_batch_size=12, dynamic_sampling=True, skip_zero_signal=True)
+    trainer = AsymGRPOTrainer(tiny_model_path, reward_funcs=reward, args=args, train_dataset=toy_sum_dataset(24))
+    trainer.train()
+    assert all(h["dynamic_sampling/generations"] >= 1 for h in trainer.state.log_history if "loss" in h)
+
+
+def test_dynamic_sampling_needs_a_cap(cpu_config):
+    with pytest.raises(ValueError, match="max_generations"):
+        cpu_config(num_generations=G, dynamic_sampling=True, dynamic_sampling_max_generations=0)

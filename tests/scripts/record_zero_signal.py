@@ -2,7 +2,8 @@
 
 Launched by tests/test_zero_signal.py with 2 processes (torchrun, gloo on CPU): process 1 holds only all-solved
 groups, so each of its micro-batches is skipped entirely while process 0's are not.
-Usage: record_zero_signal.py OUT_DIR MODEL_DIR SKIP(0|1)
+With MODE "ds" it runs dynamic sampling instead (capped at 3 generations; process 1's groups never fill).
+Usage: record_zero_signal.py OUT_DIR MODEL_DIR MODE(0|1|ds)
 """
 
 import json
@@ -26,7 +27,8 @@ def rank_reward(completions, **kwargs):
 
 
 def main():
-    out_dir, model_dir, skip = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+    out_dir, model_dir, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    skip, dynamic = mode == "1", mode == "ds"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args = AsymGRPOConfig(
         **cpu_run_kwargs(),
@@ -41,13 +43,14 @@ def main():
         learning_rate=1e-3,
         log_diagnostics=False,
         skip_zero_signal=skip,
+        dynamic_sampling=dynamic,
     )
     trainer = AsymGRPOTrainer(model_dir, reward_funcs=rank_reward, args=args, train_dataset=toy_sum_dataset(64))
     trainer.train()
     if PartialState().is_main_process:
-        torch.save({n: p.detach() for n, p in trainer.model.named_parameters()}, out_dir / f"skip{int(skip)}.pt")
-        logs = [h.get("zero_signal/skipped_frac") for h in trainer.state.log_history if "loss" in h]
-        (out_dir / f"skip{int(skip)}.json").write_text(json.dumps({"world_size": world_size, "skipped": logs}))
+        torch.save({n: p.detach() for n, p in trainer.model.named_parameters()}, out_dir / f"{mode}.pt")
+        logs = [h for h in trainer.state.log_history if "loss" in h]
+        (out_dir / f"{mode}.json").write_text(json.dumps({"world_size": world_size, "logs": logs}))
 
 
 if __name__ == "__main__":
