@@ -41,7 +41,7 @@ def main():
         max_completion_length=4,
         max_steps=2,
         learning_rate=1e-3,
-        log_diagnostics=False,
+        log_diagnostics=dynamic,  # the group shares; off for the skip runs (its Cov(p) window would step aside)
         skip_zero_signal=skip,
         dynamic_sampling=dynamic,
     )
