@@ -54,8 +54,16 @@ def grads(trainer, batch, skip: bool):
 def test_one_micro_batch_same_loss_and_gradients(loss_type, tiny_model_path, cpu_config):
     trainer = make(tiny_model_path, cpu_config, loss_type=loss_type, skip_zero_signal=True)
     batch = batch_of(trainer)
+    # completions of different lengths (as if they stopped early), so that the four normalisers differ
+    lengths = 1 + torch.arange(len(batch["advantages"])) * 3 % batch["completion_mask"].size(1)
+    batch["completion_mask"] = batch["completion_mask"] * (
+        torch.arange(batch["completion_mask"].size(1)) < lengths[:, None]
+    )
+    batch["num_items_in_batch"] = batch["completion_mask"].sum()
     keep = informative_rows(batch["advantages"])
     assert 0 < keep.sum() < len(keep)  # some rows really are skipped
+    mask = batch["completion_mask"]
+    assert mask[keep].sum() / mask.sum() != keep.float().mean()  # a token or a row normaliser: not the same here
     loss_full, full = grads(trainer, batch, skip=False)
     loss_skip, skip = grads(trainer, batch, skip=True)
     assert torch.allclose(loss_skip, loss_full, **TOL)
