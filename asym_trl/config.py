@@ -102,6 +102,19 @@ class AsymGRPOConfig(GRPOConfig):
             The same over one optimizer step: every this many optimizer steps, over the correct rollouts of that
             step's micro-batches only (one mini-batch update). Costs one extra forward pass over the step's
             rollouts; 0 (the default) turns it off.
+        skip_zero_signal (`bool`, *optional*, defaults to `False`):
+            Leave the rollouts whose gradient is exactly zero (advantage 0, e.g. all of an all-solved group) out of
+            the loss forward/backward; the update is unchanged up to float summation order. Switches itself off with
+            a KL term, an entropy bonus or advantage, `top_entropy_quantile < 1` or a router loss. Under the skip the
+            loss-forward metrics (`entropy`, `clip_ratio/*`, `entropy/correct`, ...) cover the informative rollouts
+            and are logged as `<name>/informative` (see `docs/zero_signal.md`).
+        dynamic_sampling (`bool`, *optional*, defaults to `False`):
+            DAPO's filter groups, without new prompts: the generation batch's prompts are generated again and each
+            group whose advantages are all 0 is replaced by the first informative group of the same prompt, up to
+            `dynamic_sampling_max_generations` generations in all (`docs/zero_signal.md`). Each process must hold
+            whole groups.
+        dynamic_sampling_max_generations (`int`, *optional*, defaults to `3`):
+            Most generations (the first included) per generation batch under `dynamic_sampling`.
 
     Clip-higher is TRL's `epsilon_high`, the entropy bonus TRL's `entropy_coef`, token-level aggregation TRL's
     `loss_type="dapo"` (the default): they are used as they are. `scale_rewards="batch"` normalises TRL's own
@@ -161,6 +174,18 @@ class AsymGRPOConfig(GRPOConfig):
     )
     likelihood_displacement_optimizer_steps: int = field(
         default=0, metadata={"help": "Likelihood displacement over each Nth optimizer step (0 = off)."}
+    )
+
+    skip_zero_signal: bool = field(
+        default=False,
+        metadata={"help": "Skip the forward/backward of zero-advantage rollouts (same update; docs/zero_signal.md)."},
+    )
+
+    dynamic_sampling: bool = field(
+        default=False, metadata={"help": "Regenerate zero-signal groups (DAPO's filter groups; same prompts)."}
+    )
+    dynamic_sampling_max_generations: int = field(
+        default=3, metadata={"help": "Most generations per generation batch under dynamic_sampling."}
     )
 
     def __post_init__(self):
@@ -234,6 +259,15 @@ class AsymGRPOConfig(GRPOConfig):
 
     def _validate_against_grpo(self):
         """Checks that need GRPOConfig's resolved fields."""
+        if self.dynamic_sampling:
+            if self.dynamic_sampling_max_generations < 1:
+                raise ValueError("dynamic_sampling_max_generations must be >= 1")
+            local = self.per_device_train_batch_size * self.steps_per_generation
+            if local % self.num_generations:
+                raise ValueError(
+                    f"dynamic_sampling needs whole groups on each process: per_device_train_batch_size x "
+                    f"steps_per_generation ({local}) must be a multiple of num_generations ({self.num_generations})"
+                )
         est = get_estimator(self.advantage_estimator)
         if "pass_at_k" in est.params and not (1 <= self.pass_at_k <= self.num_generations):
             raise ValueError(

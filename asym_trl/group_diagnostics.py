@@ -69,6 +69,15 @@ class GroupDiagnostics(TrainerCallback):
             step=self.trainer.state.global_step,
         )
 
+    def replace_batch(self, mode, advantages, success, valid):
+        """The batch the loss will see, after dynamic sampling replaced some of its groups (global tensors); the
+        shares already logged counted every generated group."""
+        groups = self.groups[mode]
+        size = groups["group_size"]
+        k, n = diag.group_counts(success.view(-1, size), valid.view(-1, size))
+        levels = diag.accuracy_levels(k, n, size)
+        groups.update(advantages=advantages, success=success, valid=valid, levels=levels)
+
     def on_loss_micro_batch(self, inputs, stats: TokenStats):
         """Token entropy on correct / incorrect rollouts, Cov(p) records and displacement inputs of a micro-batch."""
         trainer = self.trainer

@@ -8,11 +8,13 @@ import torch
 
 from .advantages import entropy_shaped_advantages
 from .config import AsymGRPOConfig
+from .dynamic_sampling import DynamicSampler
 from .estimators import ESTIMATOR_PARAMS, get_estimator
 from .group_diagnostics import GroupDiagnostics
 from .success import DegenerateWatch, SuccessRule
 from .trl_compat import GRPOHooks, TokenStats, disable_entropy_bonus, replace_logged_advantages
 from .vllm_sync import GuardedVLLMGeneration, vllm_generation_class
+from .zero_signal import ZeroSignalSkip
 
 
 class AsymGRPOTrainer(GRPOHooks):
@@ -34,6 +36,10 @@ class AsymGRPOTrainer(GRPOHooks):
     5. **Weight sync** (``use_vllm``): after every push the engine is checked end to end to serve the trainer's
        weights (``vllm_sync_check``); with ``vllm_weight_sync="disk"`` the push goes through disk and the server's
        worker extension instead of NCCL (:mod:`asym_trl.vllm_sync`).
+    6. **Zero-signal skip** (``skip_zero_signal``): rollouts whose gradient is exactly zero are left out of the loss
+       forward/backward, with the full micro-batch's normaliser (:mod:`asym_trl.zero_signal`).
+    7. **Dynamic sampling** (``dynamic_sampling``): zero-signal groups are generated again from the same prompts, up
+       to a cap (:mod:`asym_trl.dynamic_sampling`).
 
     How they reach TRL's private methods (pinned to trl 1.16.0) is :mod:`asym_trl.trl_compat`.
     """
@@ -71,6 +77,8 @@ class AsymGRPOTrainer(GRPOHooks):
         self.diagnostics = GroupDiagnostics(self) if args.log_diagnostics else None
         if self.diagnostics is not None:
             self.add_callback(self.diagnostics)
+        self.zero_signal = ZeroSignalSkip(self)
+        self.dynamic_sampling = DynamicSampler(self) if args.dynamic_sampling else None
 
     def train(self, resume_from_checkpoint=None, *more, **kwargs):
         if self.diagnostics is not None:
@@ -89,6 +97,8 @@ class AsymGRPOTrainer(GRPOHooks):
         success = self.success_rule.success(rewards)
         if mode == "train":
             self._degenerate.update(advantages)
+            if self.dynamic_sampling is not None:
+                self.dynamic_sampling.observe(advantages, success, ~torch.isnan(rewards))
 
         rank = self.accelerator.process_index
         local = slice(rank * len(inputs), (rank + 1) * len(inputs))
@@ -101,7 +111,15 @@ class AsymGRPOTrainer(GRPOHooks):
         replace_logged_advantages(self, advantages)
         return output
 
-    # ----------------------------------------------------------------- 2-4. the loss
+    def generation_batch(self, inputs, generate_fn):
+        if self.dynamic_sampling is None:
+            return generate_fn(inputs)
+        return self.dynamic_sampling.generate(inputs, generate_fn)
+
+    # ----------------------------------------------------------------- 2-4, 6. the loss
+    def micro_batch_loss(self, inputs, loss_fn):
+        return self.zero_signal.loss(inputs, loss_fn)
+
     def wants_token_stats(self) -> bool:
         return self.args.entropy_adv_alpha > 0 or self._scoped_entropy or self.diagnostics is not None
 

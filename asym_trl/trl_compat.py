@@ -8,15 +8,18 @@ methods and attributes must be used.  They are used here only, and turned into p
 
   - ``_calculate_rewards`` -- keeps the rewards it returns (already gathered from all processes, global order);
   - ``_generate_and_score_completions`` -- hands TRL's batch and those rewards to :meth:`GRPOHooks.rescore`;
-  - ``_compute_loss`` / ``_get_per_token_logps_and_entropies`` -- when :meth:`GRPOHooks.wants_token_stats`, the
-    loss runs inside a :class:`TokenStats` scope that records the per-token log-probs and entropies TRL computes
-    for it (and may reshape the advantages per token before TRL reads them); :meth:`GRPOHooks.finish_loss` then
-    sees them.  Otherwise TRL's loss runs untouched.
+    :meth:`GRPOHooks.generation_batch` may run that (:meth:`GRPOHooks.trl_generate`) more than once;
+  - ``_compute_loss`` / ``_get_per_token_logps_and_entropies`` -- :meth:`GRPOHooks.micro_batch_loss` may run
+    TRL's loss (:meth:`GRPOHooks.trl_loss`) on a subset of the micro-batch's rows; when
+    :meth:`GRPOHooks.wants_token_stats`, the loss runs inside a :class:`TokenStats` scope that records the per-token
+    log-probs and entropies TRL computes for it (and may reshape the advantages per token before TRL reads them);
+    :meth:`GRPOHooks.finish_loss` then sees them.  Otherwise TRL's loss runs untouched.
 
 * attributes: the metrics buffer ``_metrics``, the completions table ``_logs``, the entropy-bonus switch
-  ``_entropy_bonus_enabled``, the micro-step counter ``_step``, the vLLM sync tag ``_last_loaded_step``, the FSDP
-  helper ``_dist``; ``VLLMGeneration`` (its ``_init_vllm`` / ``_iter_named_params`` and sampling attributes) and the
-  module-level ``trl.trainer.grpo_trainer.VLLMGeneration`` that ``GRPOTrainer.__init__`` instantiates.
+  ``_entropy_bonus_enabled`` (:func:`entropy_bonus_enabled`), the micro-step counter ``_step``, the vLLM sync tag
+  ``_last_loaded_step``, the FSDP helper ``_dist``; ``VLLMGeneration`` (its ``_init_vllm`` / ``_iter_named_params``
+  and sampling attributes) and the module-level ``trl.trainer.grpo_trainer.VLLMGeneration`` that
+  ``GRPOTrainer.__init__`` instantiates.
 """
 
 from __future__ import annotations
@@ -36,11 +39,14 @@ __all__ = [
     "VLLMGenerationHooks",
     "colocated_model",
     "disable_entropy_bonus",
+    "entropy_bonus_enabled",
+    "loss_normaliser",
     "fsdp_helper",
     "greedy_vllm_sampling",
     "last_loaded_step",
     "metrics",
     "micro_step",
+    "pad_token_id",
     "replace_logged_advantages",
     "set_last_loaded_step",
     "swap_vllm_generation",
@@ -102,6 +108,18 @@ class GRPOHooks(GRPOTrainer):
     def finish_loss(self, loss: torch.Tensor, inputs: dict, stats: TokenStats) -> torch.Tensor:
         return loss
 
+    def micro_batch_loss(self, inputs: dict, loss_fn: Callable[[dict], torch.Tensor]) -> torch.Tensor:
+        """The loss of one micro-batch; ``loss_fn(batch)`` is :meth:`trl_loss` (it may get a subset of the rows)."""
+        return loss_fn(inputs)
+
+    def trl_loss(self, model, inputs: dict) -> torch.Tensor:
+        """TRL's loss of ``inputs``, inside a :class:`TokenStats` scope when :meth:`wants_token_stats`."""
+        if not self.wants_token_stats():
+            return super()._compute_loss(model, inputs)
+        with self._token_scope(inputs) as stats:
+            loss = super()._compute_loss(model, stats.inputs)
+        return self.finish_loss(loss, inputs, stats)
+
     def policy_logps(self, model, batch: dict) -> torch.Tensor:
         """Per-token log-probs of ``batch``'s completions under ``model`` (TRL's forward, outside any loss scope)."""
         completion_ids = batch["completion_ids"]
@@ -121,15 +139,19 @@ class GRPOHooks(GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
+        return self.generation_batch(inputs, self.trl_generate)
+
+    def generation_batch(self, inputs: list, generate_fn: Callable[[list], dict]) -> dict:
+        """The scored batch of ``inputs``; ``generate_fn(inputs)`` is :meth:`trl_generate` (it may be called again)."""
+        return generate_fn(inputs)
+
+    def trl_generate(self, inputs: list) -> dict:
+        """TRL's generated and scored batch of ``inputs``, rescored by :meth:`rescore`."""
         output = super()._generate_and_score_completions(inputs)
         return self.rescore(output, inputs, self._gathered_rewards_per_func)
 
     def _compute_loss(self, model, inputs):
-        if not self.wants_token_stats():
-            return super()._compute_loss(model, inputs)
-        with self._token_scope(inputs) as stats:
-            loss = super()._compute_loss(model, stats.inputs)
-        return self.finish_loss(loss, inputs, stats)
+        return self.micro_batch_loss(inputs, lambda batch: self.trl_loss(model, batch))
 
     @contextlib.contextmanager
     def _token_scope(self, inputs):
@@ -163,6 +185,36 @@ def replace_logged_advantages(trainer, advantages: torch.Tensor) -> None:
 def disable_entropy_bonus(trainer) -> None:
     """Switch TRL's own entropy bonus (every token) off."""
     trainer._entropy_bonus_enabled = False
+
+
+def entropy_bonus_enabled(trainer) -> bool:
+    """Whether TRL adds its entropy bonus (static ``entropy_coef`` or adaptive) to the loss."""
+    return bool(trainer._entropy_bonus_enabled)
+
+
+# How TRL 1.16's ``_compute_loss`` divides the summed per-token loss of a micro-batch (without entropy bonus, KL or
+# router loss): by its row count ("rows": a mean over rows, or rows x max_completion_length), by its masked token
+# count ("tokens") or by a normaliser that does not depend on the micro-batch (``num_items_in_batch``: "global").
+_LOSS_NORMALISERS = {
+    "grpo": "rows",
+    "sapo": "rows",
+    "dr_grpo": "rows",
+    "luspo": "rows",
+    "bnpo": "tokens",
+    "dapo": "global",
+    "cispo": "global",
+    "vespo": "global",
+}
+
+
+def loss_normaliser(loss_type: str) -> str | None:
+    """``"rows"``, ``"tokens"`` or ``"global"`` for TRL's ``loss_type`` (see above); None for one not known here."""
+    return _LOSS_NORMALISERS.get(loss_type)
+
+
+def pad_token_id(trainer) -> int:
+    """The id TRL pads completions with."""
+    return trainer._tokenizer.pad_token_id
 
 
 def micro_step(trainer) -> int:

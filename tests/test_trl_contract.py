@@ -147,3 +147,15 @@ def test_the_loss_is_always_compute_loss_even_with_liger():
     init = inspect.getsource(GRPOTrainer.__init__)
     assert '"fused_linear_cross_entropy": False' in init
     assert "liger_grpo_loss" not in inspect.getsource(GRPOTrainer).lower()
+
+
+def test_loss_normalisers_the_zero_signal_skip_relies_on():
+    """asym_trl.zero_signal rescales TRL's loss of the kept rows by trl_compat.loss_normaliser's kind."""
+    src = inspect.getsource(GRPOTrainer._compute_loss)
+    assert "((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()" in src  # rows: grpo, sapo
+    assert "(per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)" in src  # tokens: bnpo
+    assert "(per_token_loss.size(0) * self.max_completion_length)" in src  # rows: dr_grpo
+    assert "(per_token_loss * mask).sum(-1).mean()" in src  # rows: luspo
+    assert 'normalizer = inputs["num_items_in_batch"].clamp(min=1.0)' in src  # global: dapo, cispo, vespo
+    for kind, types in (("rows", "grpo sapo dr_grpo luspo"), ("tokens", "bnpo"), ("global", "dapo cispo vespo")):
+        assert all(trl_compat.loss_normaliser(t) == kind for t in types.split())
