@@ -30,7 +30,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -114,6 +114,7 @@ class QuickstartSettings:
     eval_samples: int = 8
     curve_every: int = 20  # held-out accuracy curve during RL (on the first `curve_problems` held-out problems)
     curve_problems: int = 200
+    trainer_overrides: dict = field(default_factory=dict)  # extra AsymGRPOConfig keys (experiments)
 
     def sft_key(self) -> str:
         fields = (
@@ -213,10 +214,18 @@ class HeldOutCallback(ValidationCallback):
         )
 
 
-def train_rl(settings: QuickstartSettings, model_dir: str | Path, train_dataset, output_dir: str | Path, heldout=None):
+def train_rl(
+    settings: QuickstartSettings,
+    model_dir: str | Path,
+    train_dataset,
+    output_dir: str | Path,
+    heldout=None,
+    callbacks=(),
+):
     """Train ``model_dir`` with AsymGRPOTrainer on the task, with the held-out curve on ``heldout`` (every
-    ``settings.curve_every`` steps; none if either is unset); returns the trainer (model trained in place)."""
-    args = AsymGRPOConfig(
+    ``settings.curve_every`` steps; none if either is unset) and extra ``callbacks``; returns the trainer (model
+    trained in place)."""
+    config = dict(
         **cpu_run_kwargs(seed=settings.seed, logging_steps=settings.logging_steps),
         output_dir=str(output_dir),
         advantage_estimator=settings.advantage_estimator,
@@ -231,6 +240,7 @@ def train_rl(settings: QuickstartSettings, model_dir: str | Path, train_dataset,
         likelihood_displacement_rollout_steps=settings.displacement_every,
         disable_tqdm=True,
     )
+    args = AsymGRPOConfig(**{**config, **settings.trainer_overrides})
     trainer = AsymGRPOTrainer(
         model=str(model_dir),
         reward_funcs=last_digit_reward,
@@ -241,6 +251,8 @@ def train_rl(settings: QuickstartSettings, model_dir: str | Path, train_dataset,
     trainer.add_callback(PhaseProgress("RL (AsymGRPO)"))  # before the curve: the bar shows the step it is printed at
     if heldout is not None and settings.curve_every:
         trainer.add_callback(HeldOutCallback(trainer, heldout, settings))
+    for callback in callbacks:
+        trainer.add_callback(callback)
     trainer.train()
     return trainer
 
