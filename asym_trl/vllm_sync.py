@@ -249,8 +249,8 @@ class GuardedVLLMGeneration(VLLMGenerationHooks):
             engine = served_logprobs(self.vllm_client.base_url, self._probe)
         if self.accelerator.num_processes > 1:  # the worst engine decides, identically on every process
             rows = self.accelerator.gather(engine.to(self.accelerator.device)[None]).cpu()
-            rows = rows[~rows.isnan().any(dim=1)]
-            engine = rows[(rows - trainer).abs().amax(dim=1).argmax()]
+            answered = rows[~rows.isnan().any(dim=1)]  # server mode: the main process's row
+            engine = answered[(answered - trainer).abs().amax(dim=1).argmax()] if len(answered) else rows[0]
         where = "the colocated engine" if self.mode == "colocate" else f"the vLLM server at {self.vllm_client_url}"
         step = self.current_step() if step is None else step
         return self.sync_check.observe(trainer, engine, scale, step=step, where=where)
