@@ -200,8 +200,6 @@ class AsymGRPOConfig(GRPOConfig):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}={value} is invalid: it must be a finite number >= 0")
-        for name in BETAS + SCALES:
-            value = getattr(self, name)
             if name not in est.params:
                 if value is not None:
                     raise ValueError(f"{name} is not used by advantage_estimator={est.name!r}; remove it")
@@ -247,6 +245,12 @@ class AsymGRPOConfig(GRPOConfig):
         """The success threshold in effect (``success_threshold``, or 1.0 when unset)."""
         return DEFAULT_SUCCESS_THRESHOLD if self.success_threshold is None else self.success_threshold
 
+    @property
+    def estimator_params(self) -> dict:
+        """The values of the fields the estimator reads (the registry's ``params``), with the threshold in effect."""
+        values = {"success_threshold": self.threshold}
+        return {name: values.get(name, getattr(self, name)) for name in get_estimator(self.advantage_estimator).params}
+
     def check_success_rule(self, num_reward_funcs: int):
         """With several reward functions (environment rewards included), an estimator of binary successes needs
         the rule named: accuracy + format summed and thresholded would count wrong boxed answers as successes."""
@@ -282,7 +286,8 @@ class AsymGRPOConfig(GRPOConfig):
                 f"scale_rewards='batch' normalises TRL's own advantages, which advantage_estimator={est.name!r} "
                 "replaces; leave it at 'group' (or use advantage_estimator='grpo', which honours it)"
             )
-        if self.scale_rewards == "none" and est.name not in ("grpo", "dr_grpo"):  # dr_grpo: none is its definition
+        # An estimator that reads scale_rewards honours it; one on raw rewards (dr_grpo) is r - mean by definition.
+        if self.scale_rewards == "none" and "scale_rewards" not in est.params and est.uses_success:
             raise ValueError(
                 f"scale_rewards='none' is ignored by advantage_estimator={est.name!r}, which computes the advantages "
                 "itself (its own scale); remove it, or use advantage_estimator='dr_grpo' for r - mean(r) without std"

@@ -127,7 +127,7 @@ def register_estimator(
             name=name,
             fn=func,
             params=tuple(params),
-            defaults={**(defaults or {}), **(fixed or {})},
+            defaults=values,
             fixed=dict(fixed or {}),
             uses_success=uses_success,
             binary=binary,

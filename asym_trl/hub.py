@@ -55,15 +55,6 @@ def load_eval_results(path: str | Path) -> dict[str, dict[str, float]]:
     return results
 
 
-def estimator_params(training_args) -> dict[str, Any]:
-    """The values of the config fields the run's estimator reads (the threshold in effect when it was left unset)."""
-    names = get_estimator(training_args.advantage_estimator).params
-    return {
-        name: training_args.threshold if name == "success_threshold" else getattr(training_args, name)
-        for name in names
-    }
-
-
 def render_model_card(
     *,
     model_name: str,
@@ -87,7 +78,7 @@ def render_model_card(
         datasets=[dataset] if dataset and "/" in dataset else None,
     )
     # the parameters the registry says this estimator reads (betas, per-sign scales, K, threshold, ...)
-    params = ", ".join(f"{name} = {estimator_params.get(name)}" for name in get_estimator(estimator).params)
+    params = ", ".join(f"{name} = {value}" for name, value in estimator_params.items())
     rows = "\n".join(f"| `{key}` | `{value}` |" for key, value in (settings or {}).items())
     if eval_results:
         metrics = sorted({m for scores in eval_results.values() for m in scores})
@@ -183,7 +174,7 @@ def write_model_card(output_dir: str | Path, eval_results: str | Path | None = N
         model_name=hub_id.split("/")[-1] if hub_id else output_dir.name,
         base_model=model_args.model_name_or_path,
         estimator=training_args.advantage_estimator,
-        estimator_params=estimator_params(training_args),
+        estimator_params=training_args.estimator_params,
         recipe_text=recipe_text,
         recipe_source=source.group(1) if source else None,
         dataset=script_args.dataset_name,

@@ -193,8 +193,8 @@ def _print_dry_run(resolved: dict[str, Any], training_args: AsymGRPOConfig, mode
     print("# resolved recipe (recipe + command line, defaults omitted)")
     print(yaml.safe_dump(resolved, sort_keys=True, default_flow_style=None).rstrip())
     ta = training_args
-    betas = f" (beta_pos={ta.beta_pos}, beta_neg={ta.beta_neg})" if ta.beta_pos is not None else ""
-    print(f"# advantage estimator: {ta.advantage_estimator}{betas}, loss_type={ta.loss_type}")
+    params = ", ".join(f"{name}={value}" for name, value in ta.estimator_params.items())
+    print(f"# advantage estimator: {ta.advantage_estimator} ({params}), loss_type={ta.loss_type}")
     print(f"# model: {describe_model(model_args)}")
     if (message := quantization_error(model_args, training_args)) is not None:
         print(f"# note: a launch here would stop: {message}")

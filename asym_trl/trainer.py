@@ -9,7 +9,7 @@ import torch
 from .advantages import entropy_shaped_advantages
 from .config import AsymGRPOConfig
 from .dynamic_sampling import DynamicSampler
-from .estimators import ESTIMATOR_PARAMS, get_estimator
+from .estimators import get_estimator
 from .group_diagnostics import GroupDiagnostics
 from .success import DegenerateWatch, SuccessRule
 from .trl_compat import GRPOHooks, TokenStats, disable_entropy_bonus, replace_logged_advantages
@@ -90,10 +90,7 @@ class AsymGRPOTrainer(GRPOHooks):
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
         rewards = self.success_rule.rewards(rewards_per_func)  # stops on non-binary rewards without a rule
-        params = {name: getattr(self.args, name) for name in ESTIMATOR_PARAMS} | {
-            "success_threshold": self.args.threshold
-        }
-        advantages = self.estimator(rewards.view(-1, num_generations), **params).reshape(-1)
+        advantages = self.estimator(rewards.view(-1, num_generations), **self.args.estimator_params).reshape(-1)
         success = self.success_rule.success(rewards)
         if mode == "train":
             self._degenerate.update(advantages)
