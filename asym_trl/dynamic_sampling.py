@@ -22,6 +22,7 @@ import torch
 from .trl_compat import metrics, pad_token_id
 
 # Per-row tensors aligned with the completion tokens (right-padded to the batch's longest completion), their padding.
+# TRL's importance_sampling_ratio is per token only in its token_* modes; in the sequence modes it is (B, 1).
 COMPLETION_PADDING = {
     "completion_ids": None,  # the tokenizer's pad id
     "completion_mask": 0,
@@ -42,15 +43,16 @@ def pad_right(x: torch.Tensor, width: int, value) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, width - x.size(1)), value=value) if x.size(1) < width else x
 
 
-def merge_rows(base: dict, new: dict, take: torch.Tensor, pad_id: int) -> dict:
-    """``base`` with the rows ``take`` from ``new`` (same prompts); completion-aligned tensors padded to one width."""
+def merge_rows(base: dict, new: dict, take: torch.Tensor, pad_id: int, per_token_ratio: bool = True) -> dict:
+    """``base`` with the rows ``take`` from ``new`` (same prompts); completion-aligned tensors padded to one width
+    (``importance_sampling_ratio`` only when ``per_token_ratio``: a per-sequence ratio stays one column)."""
     out = dict(base)
     width = max(base["completion_ids"].size(1), new["completion_ids"].size(1))
     for key, value in base.items():
         if not (isinstance(value, torch.Tensor) and value.dim() > 0 and value.size(0) == len(take)):
             continue
         other = new[key]
-        if key in COMPLETION_PADDING:
+        if key in COMPLETION_PADDING and (key != "importance_sampling_ratio" or per_token_ratio):
             pad = pad_id if COMPLETION_PADDING[key] is None else COMPLETION_PADDING[key]
             value, other = pad_right(value, width, pad), pad_right(other, width, pad)
         mask = take.view(-1, *([1] * (value.dim() - 1))).to(value.device)
@@ -83,7 +85,8 @@ class DynamicSampler:
             take = ~filled & informative_groups(self.latest[0], size)
             rows = take.repeat_interleave(size)
             local = rows.view(trainer.accelerator.num_processes, -1)[trainer.accelerator.process_index]
-            output = merge_rows(output, new, local, pad_token_id(trainer))
+            per_token = trainer.args.vllm_importance_sampling_mode.startswith("token")
+            output = merge_rows(output, new, local, pad_token_id(trainer), per_token_ratio=per_token)
             merged = tuple(torch.where(rows, b, a) for a, b in zip(merged, self.latest, strict=True))
             filled |= take
         mask = output["completion_mask"] * output.get("tool_mask", 1)

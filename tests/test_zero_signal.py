@@ -247,3 +247,26 @@ def test_dynamic_sampling_trains(tiny_model_path, cpu_config):
 def test_dynamic_sampling_needs_a_cap(cpu_config):
     with pytest.raises(ValueError, match="max_generations"):
         cpu_config(num_generations=G, dynamic_sampling=True, dynamic_sampling_max_generations=0)
+
+
+def test_merge_keeps_a_per_sequence_importance_ratio_one_column():
+    """TRL's sequence-level importance-sampling ratio is (B, 1): merging regenerated rows must not pad it to the
+    completion width (that would apply the ratio to the first token only); a per-token ratio is padded."""
+    from asym_trl.dynamic_sampling import merge_rows
+
+    base = {
+        "completion_ids": torch.ones(2, 2, dtype=torch.long),
+        "importance_sampling_ratio": torch.tensor([[0.0], [0.5]]),
+    }
+    new = {
+        "completion_ids": torch.ones(2, 4, dtype=torch.long),
+        "importance_sampling_ratio": torch.tensor([[0.2], [0.7]]),
+    }
+    take = torch.tensor([True, False])
+    merged = merge_rows(base, new, take, pad_id=0, per_token_ratio=False)
+    torch.testing.assert_close(merged["importance_sampling_ratio"], torch.tensor([[0.2], [0.5]]))
+    assert merged["completion_ids"].shape == (2, 4)
+    per_token = {**base, "importance_sampling_ratio": torch.full((2, 2), 0.5)}
+    new_per_token = {**new, "importance_sampling_ratio": torch.full((2, 4), 0.2)}
+    merged = merge_rows(per_token, new_per_token, take, pad_id=0, per_token_ratio=True)
+    torch.testing.assert_close(merged["importance_sampling_ratio"], torch.tensor([[0.2] * 4, [0.5, 0.5, 1.0, 1.0]]))
