@@ -37,7 +37,6 @@ __all__ = [
     "GRPOHooks",
     "TokenStats",
     "VLLMGenerationHooks",
-    "colocated_model",
     "disable_entropy_bonus",
     "entropy_bonus_enabled",
     "loss_normaliser",
@@ -277,11 +276,6 @@ class VLLMGenerationHooks(VLLMGeneration):
     def iter_named_params(self):
         """TRL's walk over the full (ZeRO-3 / FSDP gathered, PEFT merged) parameters; collective."""
         return self._iter_named_params()
-
-
-def colocated_model(generation):
-    """The model inside a colocated vLLM engine, by the path TRL's own colocate ``sync_weights`` loads into."""
-    return generation.llm.llm_engine.model_executor.driver_worker.model_runner.model
 
 
 @contextlib.contextmanager

@@ -34,8 +34,8 @@ import requests
 import torch
 from trl.generation.vllm_client import VLLMClient
 
-from .trl_compat import VLLMGenerationHooks, colocated_model, swap_vllm_generation
-from .vllm_worker import EXTENSION_CLS, RELOAD_METHOD, WEIGHT_SYNC_MODES, refresh_tied_layers
+from .trl_compat import VLLMGenerationHooks, swap_vllm_generation
+from .vllm_worker import EXTENSION_CLS, RELOAD_METHOD, WEIGHT_SYNC_MODES
 from .weight_check import SYNC_CHECK_MODES, WeightSyncCheck, model_logprobs, probe_token_ids
 
 __all__ = [
@@ -107,12 +107,16 @@ def wait_for_server(base_url: str, timeout: float, poll_interval: float = 1.0) -
         time.sleep(min(poll_interval, remaining))
 
 
-def served_logprobs(base_url: str, token_ids: list[int], timeout: float = 60.0, session=requests) -> torch.Tensor:
+def served_logprobs(
+    base_url: str, token_ids: list[int], timeout: float = 60.0, session=requests, model: str | None = None
+) -> torch.Tensor:
     """Log-probs the server assigns to ``token_ids[1:]`` given their prefixes (``prompt_logprobs``), as a 1-D tensor.
 
     Plain OpenAI-compatible ``/v1/completions``: works against any ``vllm serve``, whatever its weight sync.
+    ``model``: the served model's id (asked from ``/v1/models`` when not given).
     """
-    model = session.get(f"{base_url}/v1/models", timeout=timeout).json()["data"][0]["id"]
+    if model is None:
+        model = session.get(f"{base_url}/v1/models", timeout=timeout).json()["data"][0]["id"]
     response = session.post(
         f"{base_url}/v1/completions",
         json={"model": model, "prompt": token_ids, "max_tokens": 1, "temperature": 1.0, "prompt_logprobs": 0},
@@ -199,8 +203,8 @@ class DiskSyncClient(VLLMClient):
 class GuardedVLLMGeneration(VLLMGenerationHooks):
     """TRL's ``VLLMGeneration`` whose ``sync_weights`` is followed by the end-to-end check of ``vllm_sync_check``.
 
-    Colocated engines also get their tied layers refreshed after TRL's in-process ``load_weights`` (which runs no
-    weight processing at all), as the server's worker extension does.
+    Colocated engines keep TRL's in-process ``load_weights``: on CUDA unquantized layers compute with their live
+    weights (nothing to refresh), and colocate on CPU, where packed copies would go stale, is refused.
     """
 
     def __init__(self, *args, sync_check: str = "error", **kwargs):
@@ -217,8 +221,6 @@ class GuardedVLLMGeneration(VLLMGenerationHooks):
     def sync_weights(self):
         start = time.perf_counter()
         self._push_weights()
-        if self.mode == "colocate":
-            refresh_tied_layers(colocated_model(self))
         self.last_sync_seconds = time.perf_counter() - start
         if self.sync_check.mode != "off":
             start = time.perf_counter()
@@ -246,7 +248,8 @@ class GuardedVLLMGeneration(VLLMGenerationHooks):
         if self.mode == "colocate":
             engine = colocated_logprobs(self.llm, self._probe)
         elif self.accelerator.is_main_process:
-            engine = served_logprobs(self.vllm_client.base_url, self._probe)
+            client = self.vllm_client  # TRL's client (or ours) knows the model id and holds a session with retries
+            engine = served_logprobs(client.base_url, self._probe, session=client.session, model=client.model)
         if self.accelerator.num_processes > 1:  # the worst engine decides, identically on every process
             rows = self.accelerator.gather(engine.to(self.accelerator.device)[None]).cpu()
             answered = rows[~rows.isnan().any(dim=1)]  # server mode: the main process's row

@@ -229,7 +229,7 @@ class _Accelerator:
 
 
 class _Client:
-    base_url = "http://engine.invalid"
+    base_url, model, session = "http://engine.invalid", "tiny", None
 
 
 def _guarded(model, tokenizer, monkeypatch, engine_model):

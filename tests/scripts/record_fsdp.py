@@ -29,7 +29,7 @@ class FileServer:
     """Stands in for the vLLM server: it "reloads" the synced file into an unsharded float32 copy of the model, whose
     log-probs it serves to the sync check (main process only, as a real server)."""
 
-    base_url = "file://synced-weights"
+    base_url, model, session = "file://synced-weights", "tiny", None
 
     def __init__(self, model_dir):
         self.model_dir, self.model = model_dir, None
