@@ -38,6 +38,7 @@ from .verifier import (
 __all__ = [
     "REWARD_FUNCS",
     "TIMEOUT_ENV",
+    "completion_text",
     "UNSCORABLE",
     "UNSCORABLE_STATUSES",
     "AnswerLimits",
@@ -63,7 +64,7 @@ UNSCORABLE = None  # the reward of a pair that cannot be scored (TRL: NaN, exclu
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 
 
-def _completion_text(completion) -> str:
+def completion_text(completion) -> str:
     """Text of a TRL completion: a string, or a conversation whose last message is the model's."""
     if isinstance(completion, str):
         return completion
@@ -128,7 +129,7 @@ def _strip_dollars(text: str) -> str:
 
 def _prepare(completion, solution, limits: AnswerLimits) -> str | tuple[str, str]:
     """A final status decided without the verifier, or the ``(gold, answer)`` pair it must judge."""
-    answer = extract_boxed(_completion_text(completion))
+    answer = extract_boxed(completion_text(completion))
     if answer is None or not answer.strip():
         return NO_ANSWER
     reason = refusal_reason(answer, limits)
@@ -187,7 +188,7 @@ def format_reward(completions, **kwargs) -> list[float]:
     """1.0 when the completion contains a closed, non-empty ``\\boxed{...}`` answer, else 0.0."""
     rewards = []
     for completion in completions:
-        answer = extract_boxed(_completion_text(completion))
+        answer = extract_boxed(completion_text(completion))
         rewards.append(float(answer is not None and bool(answer.strip())))
     return rewards
 

@@ -27,6 +27,8 @@ import re
 from collections import Counter
 from functools import cache
 
+from ..rewards import completion_text
+
 __all__ = [
     "canonical",
     "countdown_problems",
@@ -230,5 +232,4 @@ def _is_correct(text: str, solution: str) -> bool:
 
 def countdown_reward(completions, solution, **kwargs) -> list[float]:
     """1.0 when the completion is an expression over three of the given numbers that equals the target."""
-    texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
-    return [float(_is_correct(text, gold)) for text, gold in zip(texts, solution, strict=True)]
+    return [float(_is_correct(completion_text(c), gold)) for c, gold in zip(completions, solution, strict=True)]

@@ -11,6 +11,8 @@ import random
 import re
 from pathlib import Path
 
+from ..rewards import completion_text
+
 __all__ = [
     "CHAT_TEMPLATE",
     "build_tiny_model",
@@ -64,15 +66,11 @@ def toy_sum_dataset(n: int = 256, seed: int = 0):
     return Dataset.from_list(rows)
 
 
-def _completion_text(completion) -> str:
-    return completion[-1]["content"] if isinstance(completion, list) else completion
-
-
 def toy_sum_reward(completions, answer, **kwargs) -> list[float]:
     """1.0 when the first digit of the completion is the answer, else 0.0 (binary, verifiable)."""
     rewards = []
     for completion, gold in zip(completions, answer, strict=True):
-        match = re.search(r"\d", _completion_text(completion))
+        match = re.search(r"\d", completion_text(completion))
         rewards.append(float(match is not None and match.group() == gold))
     return rewards
 
@@ -134,7 +132,7 @@ def last_digit_answer(text: str) -> str | None:
 def last_digit_reward(completions, solution, **kwargs) -> list[float]:
     """1.0 when the completion ends with "so D" and D is the gold digit, else 0.0 (binary, verifiable)."""
     return [
-        float(last_digit_answer(_completion_text(completion)) == gold)
+        float(last_digit_answer(completion_text(completion)) == gold)
         for completion, gold in zip(completions, solution, strict=True)
     ]
 
