@@ -44,6 +44,7 @@ __all__ = [
     "evaluate_policy",
     "main",
     "markdown_table",
+    "policy_report",
 ]
 
 PAPER_K = {"math500": 5, "aime24": 10, "aime25": 10, "amc23": 10, "olympiadbench": 5}
@@ -145,6 +146,13 @@ def evaluate_policy(generate: Generator, dataset, *, k: int, sampling: EvalSampl
     generator that returns :class:`Completion` objects) and the same mean over ``entropy_correct`` /
     ``entropy_incorrect`` samples only.
     """
+    return policy_report(generate, dataset, k=k, sampling=sampling, reward_func=reward_func)[0]
+
+
+def policy_report(
+    generate: Generator, dataset, *, k: int, sampling: EvalSampling, reward_func: Callable
+) -> tuple[dict, BenchmarkResult]:
+    """:func:`evaluate_policy`'s report and the sampled :class:`BenchmarkResult` it came from (for further metrics)."""
     import torch
 
     greedy = evaluate_benchmark(
@@ -160,7 +168,7 @@ def evaluate_policy(generate: Generator, dataset, *, k: int, sampling: EvalSampl
     def mean_entropy(select):
         return float(rollout_entropy[select].sum() / rollout_tokens[select].sum().clamp(min=1))
 
-    return {
+    report = {
         "greedy_accuracy": sum(greedy_ok) / len(greedy_ok),
         "sampled_accuracy": float(correct.float().mean()),
         "all_solved": float((p == 1).float().mean()),
@@ -169,6 +177,7 @@ def evaluate_policy(generate: Generator, dataset, *, k: int, sampling: EvalSampl
         "entropy_correct": mean_entropy(correct) if correct.any() else float("nan"),
         "entropy_incorrect": mean_entropy(~correct) if (~correct).any() else float("nan"),
     }
+    return report, sampled
 
 
 def evaluate(

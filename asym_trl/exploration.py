@@ -17,7 +17,6 @@ Really Incentivize Reasoning Capacity in LLMs Beyond the Base Model?"): the pass
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 from .generation import EvalSampling, Generator
 
@@ -75,30 +74,14 @@ def exploration_report(
     entropy over those samples; needs a generator returning :class:`~asym_trl.generation.Completion`),
     ``pass_at_k`` and ``distinct_at_k`` (``{k: value}`` for ``k`` in ``ks``, ``k <= n``).
     """
-    from .evaluation import evaluate_benchmark
+    from .evaluation import policy_report
 
     if max(ks) > n:
         raise ValueError(f"every k must be <= n={n}, got {max(ks)}")
-    greedy = evaluate_benchmark(
-        generate, dataset, k=1, sampling=replace(sampling, temperature=0.0), reward_func=reward_func, name="greedy"
-    )
-    sampled = evaluate_benchmark(generate, dataset, k=n, sampling=sampling, reward_func=reward_func, name="sampled")
+    report, sampled = policy_report(generate, dataset, k=n, sampling=sampling, reward_func=reward_func)
     texts = [[str(s["completion"]) for s in sampled.samples[i * n : (i + 1) * n]] for i in range(len(dataset))]
-    flat_ok = [ok for per_prompt in sampled.correct for ok in per_prompt]
-
-    def token_entropy(want: bool | None) -> float:
-        chosen = [s for s, ok in zip(sampled.samples, flat_ok, strict=True) if want is None or ok == want]
-        tokens = sum(s["num_tokens"] for s in chosen)
-        return sum(s["entropy"] for s in chosen) / tokens if tokens else float("nan")
-
     return {
-        "greedy_accuracy": sum(c[0] for c in greedy.correct) / len(greedy.correct),
-        "sampled_accuracy": sum(flat_ok) / len(flat_ok),
-        "all_solved": sum(all(c) for c in sampled.correct) / len(sampled.correct),
-        "none_solved": sum(not any(c) for c in sampled.correct) / len(sampled.correct),
-        "entropy": token_entropy(None),
-        "entropy_correct": token_entropy(True),
-        "entropy_incorrect": token_entropy(False),
+        **report,
         "pass_at_k": mean_pass_at_k(sampled.correct, ks),
         "distinct_at_k": mean_distinct_at_k(texts, sampled.correct, ks, canonical),
     }
