@@ -35,6 +35,7 @@ __all__ = [
     "likelihood_displacement_sums",
     "ratio",
     "rollout_step",
+    "rollouts_of_step",
     "rollout_steps_done",
     "solve_counts",
     "split_token_sums",
@@ -60,6 +61,17 @@ def rollout_steps_done(
     optimizer steps: ``global_step x gradient_accumulation_steps / (steps_per_generation x num_iterations)``,
     fractional inside a rollout step (:func:`rollout_step` of optimizer step ``s`` is the floor of this at ``s``)."""
     return global_step * gradient_accumulation_steps / (steps_per_generation * num_iterations)
+
+
+def rollouts_of_step(step: int, accumulation: int, steps_per_generation: int, num_iterations: int) -> list[int]:
+    """The rollout steps (as the diagnostics number them) of the generation batches that optimizer step ``step``
+    reads: the one in use at its first micro-step and any generated during it."""
+    every = steps_per_generation * num_iterations
+    first = step * accumulation // every * every
+    return [
+        rollout_step(m // accumulation, accumulation, steps_per_generation, num_iterations)
+        for m in range(first, (step + 1) * accumulation, every)
+    ]
 
 
 def ratio(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

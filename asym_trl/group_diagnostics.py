@@ -107,6 +107,19 @@ class GroupDiagnostics(TrainerCallback):
             batch = {key: inputs.get(key) for key in _BATCH_KEYS}
             self.displacement.append((batch, mask, correct, logps))  # logps: the policy before the update
 
+    def needs_every_rollout(self, step: int) -> bool:
+        """Whether optimizer step ``step`` records from every rollout's tokens (the Cov(p) window, a displacement
+        step, optimizer- or rollout-wise): the zero-signal skip steps aside then (``asym_trl.zero_signal``)."""
+        args = self.trainer.args
+        every = args.likelihood_displacement_optimizer_steps
+        if every and (step + 1) % every == 0:
+            return True
+        every = args.likelihood_displacement_rollout_steps
+        rollouts = diag.rollouts_of_step(
+            step, args.gradient_accumulation_steps, args.steps_per_generation, args.num_iterations
+        )
+        return any(r < args.cov_window_rollout_steps or (every and (r + 1) % every == 0) for r in rollouts)
+
     def on_step_end(self, args, state, control, **kwargs):
         """After each optimizer step, before logging: likelihood displacement; epoch-wise shares at an epoch end (and
         of the partial epoch at ``max_steps``)."""

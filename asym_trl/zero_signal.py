@@ -21,7 +21,6 @@ from collections.abc import Callable
 
 import torch
 
-from .diagnostics import rollout_step
 from .trl_compat import MODEL_INPUT_KEYS, entropy_bonus_enabled, loss_normaliser, metrics
 
 SUFFIX = "/informative"
@@ -39,17 +38,6 @@ TRL_FORWARD_METRICS = (
 # Ours, from the same forward (GroupDiagnostics: one value per optimizer step).
 OWN_FORWARD_METRICS = ("entropy/correct", "entropy/incorrect")
 SKIPPED_FRAC = "zero_signal/skipped_frac"
-
-
-def rollouts_of_step(step: int, accumulation: int, steps_per_generation: int, num_iterations: int) -> list[int]:
-    """The rollout steps (as the diagnostics number them) of the generation batches that optimizer step ``step``
-    reads: the one in use at its first micro-step and any generated during it."""
-    every = steps_per_generation * num_iterations
-    first = step * accumulation // every * every
-    return [
-        rollout_step(m // accumulation, accumulation, steps_per_generation, num_iterations)
-        for m in range(first, (step + 1) * accumulation, every)
-    ]
 
 
 def skip_blockers(trainer) -> list[str]:
@@ -125,21 +113,9 @@ class ZeroSignalSkip:
             return True
         step = trainer.state.global_step
         if self._decided[0] != step:
-            self._decided = (step, self._diagnostics_need_all_rows(step))
+            diagnostics = getattr(trainer, "diagnostics", None)
+            self._decided = (step, diagnostics is not None and diagnostics.needs_every_rollout(step))
         return self._decided[1]
-
-    def _diagnostics_need_all_rows(self, step: int) -> bool:
-        trainer, args = self.trainer, self.trainer.args
-        if getattr(trainer, "diagnostics", None) is None:
-            return False
-        every = args.likelihood_displacement_optimizer_steps
-        if every and (step + 1) % every == 0:
-            return True
-        every = args.likelihood_displacement_rollout_steps
-        rollouts = rollouts_of_step(
-            step, args.gradient_accumulation_steps, args.steps_per_generation, args.num_iterations
-        )
-        return any(r < args.cov_window_rollout_steps or (every and (r + 1) % every == 0) for r in rollouts)
 
     def loss(self, inputs: dict, loss_fn: Callable[[dict], torch.Tensor]) -> torch.Tensor:
         if not self.enabled:

@@ -14,8 +14,9 @@ import torch
 
 from asym_trl import AsymGRPOTrainer
 from asym_trl.apps.tiny import toy_sum_dataset
+from asym_trl.diagnostics import rollouts_of_step
 from asym_trl.trl_compat import metrics
-from asym_trl.zero_signal import SKIPPED_FRAC, informative_rows, rollouts_of_step, select_rows
+from asym_trl.zero_signal import SKIPPED_FRAC, informative_rows, select_rows
 
 G = 4
 TOL = dict(rtol=1e-5, atol=1e-7)  # gradients: float summation order only
