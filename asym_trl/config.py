@@ -13,6 +13,7 @@ from .vllm_sync import WEIGHT_SYNC_MODES, validate_weight_sync
 from .weight_check import SYNC_CHECK_MODES
 
 ENTROPY_SCOPES = ("all", "positive", "negative")
+DYNAMIC_SAMPLING_PROMPTS = ("new", "same")
 
 
 @dataclass
@@ -102,17 +103,22 @@ class AsymGRPOConfig(GRPOConfig):
             The same over one optimizer step: every this many optimizer steps, over the correct rollouts of that
             step's micro-batches only (one mini-batch update). Costs one extra forward pass over the step's
             rollouts; 0 (the default) turns it off.
-        skip_zero_signal (`bool`, *optional*, defaults to `False`):
+        skip_zero_signal (`bool`, *optional*, defaults to `True`):
             Leave the rollouts whose gradient is exactly zero (advantage 0, e.g. all of an all-solved group) out of
-            the loss forward/backward; the update is unchanged up to float summation order. Switches itself off with
-            a KL term, an entropy bonus or advantage, `top_entropy_quantile < 1` or a router loss. Under the skip the
-            loss-forward metrics (`entropy`, `clip_ratio/*`, `entropy/correct`, ...) cover the informative rollouts
-            and are logged as `<name>/informative` (see `docs/zero_signal.md`).
+            the loss forward/backward; the update is unchanged up to float summation order. Off by itself (the
+            reason is logged) with a KL term, an entropy bonus or advantage, `top_entropy_quantile < 1` or a router
+            loss. On skipped steps the loss-forward metrics (`entropy`, `clip_ratio/*`, `entropy/correct`, ...)
+            cover the informative rollouts and are logged as `<name>/informative`; steps where the diagnostics need
+            every rollout (the Cov(p) window, displacement steps) run in full under the usual names
+            (`docs/zero_signal.md`). `False` gives TRL's behaviour and metric names on every step.
         dynamic_sampling (`bool`, *optional*, defaults to `False`):
-            DAPO's filter groups, without new prompts: the generation batch's prompts are generated again and each
-            group whose advantages are all 0 is replaced by the first informative group of the same prompt, up to
-            `dynamic_sampling_max_generations` generations in all (`docs/zero_signal.md`). Each process must hold
-            whole groups.
+            DAPO's filter groups: while the generation batch has groups whose advantages are all 0, generate again
+            and put informative groups in their place, up to `dynamic_sampling_max_generations` generations in all
+            (`docs/zero_signal.md`). Each process must hold whole groups.
+        dynamic_sampling_prompts (`str`, *optional*, defaults to `"new"`):
+            What is generated again: `"new"` prompts drawn from the training set (as DAPO does; needs a map-style
+            dataset), whose informative groups fill the zero-signal slots in order, or the batch's `"same"` prompts,
+            each zero-signal group replaced by an informative group of its own prompt.
         dynamic_sampling_max_generations (`int`, *optional*, defaults to `3`):
             Most generations (the first included) per generation batch under `dynamic_sampling`.
 
@@ -177,12 +183,19 @@ class AsymGRPOConfig(GRPOConfig):
     )
 
     skip_zero_signal: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "Skip the forward/backward of zero-advantage rollouts (same update; docs/zero_signal.md)."},
     )
 
     dynamic_sampling: bool = field(
-        default=False, metadata={"help": "Regenerate zero-signal groups (DAPO's filter groups; same prompts)."}
+        default=False, metadata={"help": "Replace zero-signal groups by informative ones (DAPO's filter groups)."}
+    )
+    dynamic_sampling_prompts: str = field(
+        default="new",
+        metadata={
+            "help": "Dynamic sampling generates again from new training prompts or the batch's same prompts.",
+            "choices": list(DYNAMIC_SAMPLING_PROMPTS),
+        },
     )
     dynamic_sampling_max_generations: int = field(
         default=3, metadata={"help": "Most generations per generation batch under dynamic_sampling."}
@@ -266,6 +279,11 @@ class AsymGRPOConfig(GRPOConfig):
         if self.dynamic_sampling:
             if self.dynamic_sampling_max_generations < 1:
                 raise ValueError("dynamic_sampling_max_generations must be >= 1")
+            if self.dynamic_sampling_prompts not in DYNAMIC_SAMPLING_PROMPTS:
+                raise ValueError(
+                    f"dynamic_sampling_prompts={self.dynamic_sampling_prompts!r} is unknown; choose one of "
+                    f"{list(DYNAMIC_SAMPLING_PROMPTS)}"
+                )
             local = self.per_device_train_batch_size * self.steps_per_generation
             if local % self.num_generations:
                 raise ValueError(

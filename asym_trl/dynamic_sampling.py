@@ -1,10 +1,14 @@
-"""Dynamic sampling (DAPO's "filter groups"), the smallest version that fits TRL's batch layout.
+"""Dynamic sampling (DAPO's "filter groups") within TRL's batch layout.
 
-A generation batch's groups whose rollouts all have advantage 0 carry no gradient.  With ``dynamic_sampling``, the
-batch's prompts are generated and scored again (whole batch, up to ``dynamic_sampling_max_generations`` in all)
-and each zero-signal group is replaced, in place, by the first informative group of the same prompt.  Unlike DAPO,
-no new prompts are drawn (TRL's dataloader hands the trainer one generation batch of prompts at a time), so a prompt
-the policy always solves stays zero-signal; the cap bounds the cost.
+A generation batch's groups whose rollouts all have advantage 0 carry no gradient.  With ``dynamic_sampling``, while
+such groups remain, a whole generation batch is generated and scored again (up to
+``dynamic_sampling_max_generations`` generations in all) and its informative groups take the zero-signal groups'
+places (slots), in place:
+
+* ``dynamic_sampling_prompts="new"`` (DAPO): from prompts drawn from the training set, without replacement within a
+  draw, by a generator seeded from ``args.seed`` (the same draws on every process).  Each process fills its open
+  slots, in order, with its own new informative groups;
+* ``"same"``: from the batch's own prompts; a slot takes an informative group of its own prompt.
 
 Every generation is scored and logged as usual, so the group shares (``groups/all_solved``...) count the groups
 that were dropped; ``dynamic_sampling/generations`` is the number of generations the batch took and
@@ -19,19 +23,13 @@ from collections.abc import Callable
 
 import torch
 
+from .rows import COMPLETION_PADDING, PROMPT_PADDING, pad_left, pad_right, select_rows
 from .trl_compat import metrics, pad_token_id
 
-# Per-row tensors aligned with the completion tokens (right-padded to the batch's longest completion), their padding.
-# TRL's importance_sampling_ratio is per token only in its token_* modes; in the sequence modes it is (B, 1).
-COMPLETION_PADDING = {
-    "completion_ids": None,  # the tokenizer's pad id
-    "completion_mask": 0,
-    "tool_mask": 0,
-    "old_per_token_logps": 0.0,
-    "ref_per_token_logps": 0.0,
-    "sampling_per_token_logps": 0.0,
-    "importance_sampling_ratio": 1.0,
-}
+# Kept from the slot, whatever fills it: the diagnostics index the merged batch's state by slot position.
+SLOT_KEYS = ("rollout_index",)
+# Offset of the prompt-drawing generator's seed from args.seed (TRL's sampler draws from args.seed itself).
+PROMPT_SEED_OFFSET = 7919
 
 
 def informative_groups(advantages: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -39,56 +37,101 @@ def informative_groups(advantages: torch.Tensor, group_size: int) -> torch.Tenso
     return advantages.view(-1, group_size).ne(0).any(dim=1)
 
 
-def pad_right(x: torch.Tensor, width: int, value) -> torch.Tensor:
-    return torch.nn.functional.pad(x, (0, width - x.size(1)), value=value) if x.size(1) < width else x
-
-
 def merge_rows(base: dict, new: dict, take: torch.Tensor, pad_id: int, per_token_ratio: bool = True) -> dict:
-    """``base`` with the rows ``take`` from ``new`` (same prompts); completion-aligned tensors padded to one width
-    (``importance_sampling_ratio`` only when ``per_token_ratio``: a per-sequence ratio stays one column)."""
+    """``base`` with the rows ``take`` from ``new`` (at the same positions): completion-aligned tensors right-padded
+    and prompt tensors left-padded to common widths (``importance_sampling_ratio`` only when ``per_token_ratio``: a
+    per-sequence ratio stays one column); :data:`SLOT_KEYS` stay ``base``'s."""
     out = dict(base)
-    width = max(base["completion_ids"].size(1), new["completion_ids"].size(1))
     for key, value in base.items():
-        if not (isinstance(value, torch.Tensor) and value.dim() > 0 and value.size(0) == len(take)):
+        per_row = isinstance(value, torch.Tensor) and value.dim() > 0 and value.size(0) == len(take)
+        if not per_row or key in SLOT_KEYS:
             continue
         other = new[key]
-        if key in COMPLETION_PADDING and (key != "importance_sampling_ratio" or per_token_ratio):
-            pad = pad_id if COMPLETION_PADDING[key] is None else COMPLETION_PADDING[key]
-            value, other = pad_right(value, width, pad), pad_right(other, width, pad)
+        if value.dim() == 2 and value.size(1) != other.size(1):
+            width = max(value.size(1), other.size(1))
+            if key in PROMPT_PADDING:
+                pad = pad_id if PROMPT_PADDING[key] is None else PROMPT_PADDING[key]
+                value, other = pad_left(value, width, pad), pad_left(other, width, pad)
+            elif key in COMPLETION_PADDING and (key != "importance_sampling_ratio" or per_token_ratio):
+                pad = pad_id if COMPLETION_PADDING[key] is None else COMPLETION_PADDING[key]
+                value, other = pad_right(value, width, pad), pad_right(other, width, pad)
         mask = take.view(-1, *([1] * (value.dim() - 1))).to(value.device)
         out[key] = torch.where(mask, other.to(value.dtype), value)
     return out
 
 
+def fill_slots(open_slots: torch.Tensor, available: torch.Tensor, num_processes: int, same_prompt: bool):
+    """``(num_groups,)``: for each open slot that gets one, the group of the new generation that fills it; -1 for the
+    others.  Same prompt: the slot's own group, when informative.  New prompts: each process's open slots, in
+    order, take its informative new groups, in order (groups never move between processes)."""
+    source = torch.full(open_slots.shape, -1, dtype=torch.long, device=open_slots.device)
+    if same_prompt:
+        take = open_slots & available
+        source[take] = take.nonzero().squeeze(1)
+        return source
+    per_process = len(open_slots) // num_processes
+    for start in range(0, len(open_slots), per_process):
+        slots = start + open_slots[start : start + per_process].nonzero().squeeze(1)
+        pool = start + available[start : start + per_process].nonzero().squeeze(1)
+        n = min(len(slots), len(pool))
+        source[slots[:n]] = pool[:n]
+    return source
+
+
 class DynamicSampler:
-    """Regenerates a training batch's zero-signal groups from the same prompts (see the module doc)."""
+    """Replaces a training batch's zero-signal groups by informative ones, generated again (see the module doc)."""
 
     def __init__(self, trainer):
         self.trainer = trainer
         self.latest = None  # global (advantages, success, valid) of the last scored generation
+        self.same_prompt = trainer.args.dynamic_sampling_prompts == "same"
+        self.prompts = None if self.same_prompt else trainer.train_dataset
+        if self.prompts is not None and isinstance(self.prompts, torch.utils.data.IterableDataset):
+            raise ValueError(
+                f"dynamic_sampling_prompts='new' draws prompts from the training set, which needs a map-style "
+                f"dataset (got {type(self.prompts).__name__}); use dynamic_sampling_prompts='same'"
+            )
+        self.generator = torch.Generator().manual_seed(trainer.args.seed + PROMPT_SEED_OFFSET)
 
     def observe(self, advantages: torch.Tensor, success: torch.Tensor, valid: torch.Tensor) -> None:
         self.latest = (advantages, success, valid)
+
+    def new_prompts(self, num_rows: int) -> list:
+        """This process's ``num_rows`` rows of new prompts (each repeated ``num_generations`` times); every process
+        draws the same global sample and takes its slice."""
+        accelerator, size = self.trainer.accelerator, self.trainer.num_generations
+        count = num_rows // size * accelerator.num_processes
+        rounds = -(-count // len(self.prompts))
+        drawn = torch.cat([torch.randperm(len(self.prompts), generator=self.generator) for _ in range(rounds)])
+        mine = drawn[:count].view(accelerator.num_processes, -1)[accelerator.process_index]
+        return [self.prompts[int(i)] for i in mine for _ in range(size)]
 
     def generate(self, inputs: list, generate_fn: Callable[[list], dict]) -> dict:
         trainer = self.trainer
         if not trainer.model.training:
             return generate_fn(inputs)
         size, cap = trainer.num_generations, trainer.args.dynamic_sampling_max_generations
+        num_processes, rank = trainer.accelerator.num_processes, trainer.accelerator.process_index
+        per_token = trainer.args.vllm_importance_sampling_mode.startswith("token")
         output = generate_fn(inputs)
         merged = self.latest
         filled = informative_groups(merged[0], size)
         generations = 1
         while not filled.all() and generations < cap:
-            new = generate_fn(inputs)
+            new = generate_fn(inputs if self.same_prompt else self.new_prompts(len(inputs)))
             generations += 1
-            take = ~filled & informative_groups(self.latest[0], size)
-            rows = take.repeat_interleave(size)
-            local = rows.view(trainer.accelerator.num_processes, -1)[trainer.accelerator.process_index]
-            per_token = trainer.args.vllm_importance_sampling_mode.startswith("token")
-            output = merge_rows(output, new, local, pad_token_id(trainer), per_token_ratio=per_token)
-            merged = tuple(torch.where(rows, b, a) for a, b in zip(merged, self.latest, strict=True))
-            filled |= take
+            source = fill_slots(~filled, informative_groups(self.latest[0], size), num_processes, self.same_prompt)
+            taken = source >= 0
+            rows = taken.repeat_interleave(size)
+            offsets = torch.arange(size, device=source.device)
+            sources = (source.clamp(min=0).unsqueeze(1) * size + offsets).view(-1)  # global row filling each row
+            sources = torch.where(rows, sources, torch.arange(len(rows), device=rows.device))
+            local_rows = rows.view(num_processes, -1)[rank]
+            local_sources = sources.view(num_processes, -1)[rank] - rank * len(local_rows)
+            new = select_rows(new, local_sources)
+            output = merge_rows(output, new, local_rows, pad_token_id(trainer), per_token_ratio=per_token)
+            merged = tuple(torch.where(rows, b[sources], a) for a, b in zip(merged, self.latest, strict=True))
+            filled |= taken
         mask = output["completion_mask"] * output.get("tool_mask", 1)
         output["num_items_in_batch"] = trainer.accelerator.gather(mask.sum()).sum()  # as TRL counts it
         logged = metrics(trainer, "train")

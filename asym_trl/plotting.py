@@ -175,6 +175,7 @@ def make_figure(
         color = f"C{i}"
         for key, style, name in (
             ("entropy", "-", "all tokens"),
+            ("entropy/informative", "-.", "informative rollouts (steps with the zero-signal skip)"),
             ("entropy/correct", "--", "correct rollouts"),
             ("entropy/incorrect", ":", "incorrect rollouts"),
         ):

@@ -36,8 +36,9 @@ class AsymGRPOTrainer(GRPOHooks):
     5. **Weight sync** (``use_vllm``): after every push the engine is checked end to end to serve the trainer's
        weights (``vllm_sync_check``); with ``vllm_weight_sync="disk"`` the push goes through disk and the server's
        worker extension instead of NCCL (:mod:`asym_trl.vllm_sync`).
-    6. **Zero-signal skip** (``skip_zero_signal``): rollouts whose gradient is exactly zero are left out of the loss
-       forward/backward, with the full micro-batch's normaliser (:mod:`asym_trl.zero_signal`).
+    6. **Zero-signal skip** (``skip_zero_signal``): rollouts whose gradient is exactly zero are moved to the first
+       micro-batches of their optimizer step and left out of the loss forward/backward, with the full micro-batch's
+       normaliser (:mod:`asym_trl.zero_signal`).
     7. **Dynamic sampling** (``dynamic_sampling``): zero-signal groups are generated again from the same prompts, up
        to a cap (:mod:`asym_trl.dynamic_sampling`).
 
@@ -114,6 +115,9 @@ class AsymGRPOTrainer(GRPOHooks):
         return self.dynamic_sampling.generate(inputs, generate_fn)
 
     # ----------------------------------------------------------------- 2-4, 6. the loss
+    def arrange_micro_batches(self, micro_batches):
+        return self.zero_signal.arrange(micro_batches)
+
     def micro_batch_loss(self, inputs, loss_fn):
         return self.zero_signal.loss(inputs, loss_fn)
 

@@ -3,7 +3,7 @@
 TRL has no hook for advantages or per-token loss inputs (upstream requests trl#4525, #7291), so some private
 methods and attributes must be used.  They are used here only, and turned into plain hooks and functions:
 
-* :class:`GRPOHooks` overrides four private ``GRPOTrainer`` methods and calls public hooks that
+* :class:`GRPOHooks` overrides five private ``GRPOTrainer`` methods and calls public hooks that
   :class:`asym_trl.AsymGRPOTrainer` implements:
 
   - ``_calculate_rewards`` -- keeps the rewards it returns (already gathered from all processes, global order);
@@ -13,10 +13,13 @@ methods and attributes must be used.  They are used here only, and turned into p
     TRL's loss (:meth:`GRPOHooks.trl_loss`) on a subset of the micro-batch's rows; when
     :meth:`GRPOHooks.wants_token_stats`, the loss runs inside a :class:`TokenStats` scope that records the per-token
     log-probs and entropies TRL computes for it (and may reshape the advantages per token before TRL reads them);
-    :meth:`GRPOHooks.finish_loss` then sees them.  Otherwise TRL's loss runs untouched.
+    :meth:`GRPOHooks.finish_loss` then sees them.  Otherwise TRL's loss runs untouched;
+  - ``_prepare_inputs`` -- when TRL has split a new training generation batch into its buffer of micro-batches
+    (``_buffered_inputs``), :meth:`GRPOHooks.arrange_micro_batches` may move rows between them.
 
 * attributes: the metrics buffer ``_metrics``, the completions table ``_logs``, the entropy-bonus switch
-  ``_entropy_bonus_enabled`` (:func:`entropy_bonus_enabled`), the micro-step counter ``_step``, the vLLM sync tag
+  ``_entropy_bonus_enabled`` (:func:`entropy_bonus_enabled`), the micro-step counter ``_step``, the buffer of
+  micro-batches ``_buffered_inputs``, the vLLM sync tag
   ``_last_loaded_step``, the FSDP helper ``_dist``; ``VLLMGeneration`` (its ``_init_vllm`` / ``_iter_named_params``
   and sampling attributes) and the module-level ``trl.trainer.grpo_trainer.VLLMGeneration`` that
   ``GRPOTrainer.__init__`` instantiates.
@@ -148,6 +151,19 @@ class GRPOHooks(GRPOTrainer):
         """TRL's generated and scored batch of ``inputs``, rescored by :meth:`rescore`."""
         output = super()._generate_and_score_completions(inputs)
         return self.rescore(output, inputs, self._gathered_rewards_per_func)
+
+    def arrange_micro_batches(self, micro_batches: list[dict]) -> list[dict]:
+        """The ``steps_per_generation`` micro-batches of a new training generation batch (TRL's shuffled split), as
+        the loss will see them, in turn (``num_iterations`` times)."""
+        return micro_batches
+
+    def _prepare_inputs(self, generation_batch):
+        buffered = self._buffered_inputs
+        inputs = super()._prepare_inputs(generation_batch)
+        if self.model.training and self._buffered_inputs is not buffered:  # TRL generated and split a new batch
+            self._buffered_inputs = self.arrange_micro_batches(self._buffered_inputs)
+            inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
+        return inputs
 
     def _compute_loss(self, model, inputs):
         return self.micro_batch_loss(inputs, lambda batch: self.trl_loss(model, batch))

@@ -2,12 +2,19 @@
 
 A rollout with advantage 0 adds ``0 x (ratio terms)`` to TRL's loss when there is no KL term, no entropy bonus,
 no entropy advantage, no high-entropy token mask (its quantile spans the micro-batch) and no router loss: its
-gradient is exactly zero.  :class:`ZeroSignalSkip` drops those rows from each loss micro-batch and rescales TRL's
-loss to the normaliser of the full micro-batch (:func:`asym_trl.trl_compat.loss_normaliser`), so the update is the
-one without the skip up to float summation order.  Every loss call still happens on every process (TRL's metric
-reductions and DDP's gradient sync stay in lock-step): a micro-batch with no informative row runs one row with its
-completion masked out, whose loss and gradient are exactly zero, and every process forwards as many rows as the
-process that keeps the most (TRL gathers per-row metrics, which needs equal shapes).
+gradient is exactly zero.  :class:`ZeroSignalSkip` then
+
+1. **regroups** (:meth:`ZeroSignalSkip.arrange`): within each run of micro-batches that always falls in one
+   optimizer step, the informative rows move to the last micro-batches (TRL's shuffled order kept otherwise), so
+   that the first ones hold zero-signal rows only.  The optimizer step sums the same rows' gradients, with the same
+   per-row weights (not for ``bnpo``, whose normaliser is the micro-batch's token count: no regrouping there);
+2. **skips** a micro-step with no informative row on any process entirely (no forward, no backward), unless it
+   ends the accumulation window (DDP/FSDP sync there, and per-step metrics are reduced) or DeepSpeed counts it;
+3. **runs the rest on their informative rows only**, trailing all-padding columns trimmed, and rescales TRL's loss
+   to the normaliser of the full micro-batch (:func:`asym_trl.trl_compat.loss_normaliser`), so the update is the
+   one without the skip up to float summation order.  Every process forwards as many rows as the process that
+   keeps the most (TRL gathers per-row metrics, which needs equal shapes); a micro-step that cannot be skipped
+   but has no informative row runs one row with its completion masked out (loss and gradient exactly zero).
 
 Metrics computed from the loss forward then cover the informative rollouts only and are logged as
 ``<name>/informative`` (``docs/zero_signal.md``); the skip steps aside (all rows, usual names) while the
@@ -16,12 +23,16 @@ diagnostics need every rollout's tokens (the Cov(p) window, likelihood-displacem
 
 from __future__ import annotations
 
-import warnings
+import logging
+import math
 from collections.abc import Callable
 
 import torch
 
+from .rows import concat_rows, select_rows, trim_completions
 from .trl_compat import MODEL_INPUT_KEYS, entropy_bonus_enabled, loss_normaliser, metrics
+
+logger = logging.getLogger(__name__)
 
 SUFFIX = "/informative"
 # Metrics TRL's loss computes from its forward (averaged over micro-steps by TRL's log()).
@@ -54,20 +65,6 @@ def skip_blockers(trainer) -> list[str]:
     return [reason for reason, applies in reasons.items() if applies]
 
 
-def select_rows(inputs: dict, index: torch.Tensor) -> dict:
-    """The micro-batch restricted to the rows ``index``: per-row tensors and lists are indexed, the rest is kept."""
-    n = len(inputs["advantages"])
-
-    def pick(value):
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.size(0) == n:
-            return value.index_select(0, index.to(value.device))
-        if isinstance(value, (list, tuple)) and len(value) == n:
-            return [value[i] for i in index.tolist()]
-        return value
-
-    return {key: pick(value) for key, value in inputs.items()}
-
-
 def informative_rows(advantages: torch.Tensor) -> torch.Tensor:
     """Rows with a non-zero advantage (on any token, for per-token advantages)."""
     return advantages.reshape(len(advantages), -1).ne(0).any(dim=1)
@@ -79,6 +76,16 @@ def padded_rows(inputs: dict, keep: torch.Tensor, width: int) -> dict:
     batch = select_rows(inputs, order[:width])
     batch["completion_mask"][int(keep.sum()) :] = 0  # a fresh tensor (index_select)
     return batch
+
+
+def regroup(micro_batches: list[dict]) -> list[dict]:
+    """The rows of ``micro_batches`` (equal sizes), zero-signal rows first and informative rows last, each kind in
+    its order, cut into micro-batches of the same sizes."""
+    rows = concat_rows(micro_batches)
+    keep = informative_rows(rows["advantages"])
+    order = torch.cat([(~keep).nonzero(), keep.nonzero()]).squeeze(1)
+    size = len(micro_batches[0]["advantages"])
+    return [select_rows(rows, order[start : start + size]) for start in range(0, len(order), size)]
 
 
 def loss_scale(kind: str, inputs: dict, keep: torch.Tensor, width: int) -> float:
@@ -99,10 +106,29 @@ class ZeroSignalSkip:
         self.trainer = trainer
         self.blockers = skip_blockers(trainer) if trainer.args.skip_zero_signal else ["skip_zero_signal=False"]
         self.enabled = not self.blockers
-        if trainer.args.skip_zero_signal and self.blockers:
+        if trainer.args.skip_zero_signal and self.blockers:  # the default: the update is right either way
             reasons = "; ".join(self.blockers)
-            warnings.warn(f"skip_zero_signal is off: zero-advantage rollouts count here ({reasons})", stacklevel=3)
+            logger.info(f"skip_zero_signal is off: zero-advantage rollouts count here ({reasons})")
         self._decided = (None, False)  # (global_step, steps aside): one decision per optimizer step
+        args = trainer.args
+        # Micro-batches [k*block, (k+1)*block) of a generation batch always share an optimizer step, whatever the
+        # epoch's remainder: windows start at generation-batch boundaries or every gradient_accumulation_steps.
+        self.block = math.gcd(args.steps_per_generation, args.gradient_accumulation_steps)
+        self.regroups = self.enabled and self.block > 1 and loss_normaliser(trainer.loss_type) != "tokens"
+
+    def arrange(self, micro_batches: list[dict]) -> list[dict]:
+        """Regroup each run of ``block`` micro-batches so that its informative rows come last (see the module doc)."""
+        if not self.regroups or any(micro_batches[0].get(key) is not None for key in MODEL_INPUT_KEYS):
+            return micro_batches
+        blocks = [micro_batches[start : start + self.block] for start in range(0, len(micro_batches), self.block)]
+        return [batch for block in blocks for batch in regroup(block)]
+
+    def may_skip_call(self) -> bool:
+        """Whether a micro-step without an informative row on any process may skip the model: not the one that
+        ends the accumulation window (gradient sync, per-step metric reductions) and not under DeepSpeed (its
+        engine counts backward calls)."""
+        trainer = self.trainer
+        return not trainer.accelerator.sync_gradients and not trainer.is_deepspeed_enabled
 
     def steps_aside(self, inputs: dict) -> bool:
         """True while every rollout's tokens are needed: evaluation, multimodal inputs, and the diagnostics' Cov(p)
@@ -130,8 +156,12 @@ class ZeroSignalSkip:
         counts = torch.tensor([keep.sum().item(), len(keep)], device=keep.device)
         counts = self.trainer.accelerator.gather(counts).view(-1, 2)  # every process, every call
         kept, width = counts[:, 0].sum().item(), max(counts[:, 0].max().item(), 1)
+        if kept == 0 and self.may_skip_call():  # the same decision on every process
+            logged[SKIPPED_FRAC].append(1.0)
+            return torch.zeros((), device=keep.device, requires_grad=True)  # backward is a no-op
         logged[SKIPPED_FRAC].append(1.0 - width * len(counts) / counts[:, 1].sum().item())  # rows not forwarded
         batch = inputs if width == len(keep) and keep.all() else padded_rows(inputs, keep, width)
+        batch = trim_completions(batch)
         before = {key: len(values) for key, values in logged.items()}
         loss = loss_fn(batch) * loss_scale(loss_normaliser(self.trainer.loss_type), inputs, keep, width)
         rename_forward_metrics(logged, before, drop=kept == 0)

@@ -63,19 +63,24 @@ def build(kind: str, share: float, model_dir: str, out_dir: str, tokens: int):
 
 
 def generate(trainer):
-    """One generation batch (the same for every trainer: same seed, same weights), split into micro-batches."""
+    """One generation batch (the same for every trainer: same seed, same weights), split into micro-batches as
+    ``_prepare_inputs`` does (and, for AsymGRPO, arranged: the skip's regrouping is part of its cost)."""
     torch.manual_seed(0)
     rows = [row for row in toy_sum_dataset(PER_DEVICE * ACCUM // G) for _ in range(G)]
     start = time.perf_counter()
     batch = trainer._generate_and_score_completions(rows)
-    elapsed = time.perf_counter() - start
-    return split_tensor_dict(shuffle_sequence_dict(batch), ACCUM), elapsed
+    micro_batches = split_tensor_dict(shuffle_sequence_dict(batch), ACCUM)
+    if isinstance(trainer, AsymGRPOTrainer):
+        micro_batches = trainer.arrange_micro_batches(micro_batches)
+    return micro_batches, time.perf_counter() - start
 
 
 def training_phase(trainer, micro_batches) -> tuple[float, float]:
     """(loss forward/backward, whole training phase) seconds of one optimizer step."""
+    sync = trainer.accelerator.gradient_state
     start = time.perf_counter()
-    for inputs in micro_batches:
+    for i, inputs in enumerate(micro_batches):
+        sync._set_sync_gradients(i == len(micro_batches) - 1)  # as the Trainer's accumulation loop does
         trainer.accelerator.backward(trainer.compute_loss(trainer.model, inputs))
     loss_done = time.perf_counter()
     trainer.optimizer.step()

@@ -1,10 +1,11 @@
 """Dynamic sampling (DAPO's filter groups, issue 13) against plain AsymGRPO at an equal *generation* budget.
 
-Both arms start from the quickstart's cached SFT warm start (tiny Qwen3, last-digit task) and may spend the same
+Every arm starts from the quickstart's cached SFT warm start (tiny Qwen3, last-digit task) and may spend the same
 number of generation batches (``--budget``, 16 prompts x 8 rollouts each). Plain AsymGRPO takes one optimizer step per
-generation batch; with ``dynamic_sampling=True`` a step regenerates its zero-signal groups (up to
-``dynamic_sampling_max_generations`` generations) and so takes fewer, fuller steps. A callback stops a run once the
-generations it used reach the budget. Then both are evaluated on the quickstart's 500 held-out problems (8 samples
+generation batch; with ``dynamic_sampling=True`` a step replaces its zero-signal groups by informative groups of
+new prompts (arm ``dynamic_sampling``, DAPO's way) or of the same prompts (``dynamic_sampling_same``), up to
+``dynamic_sampling_max_generations`` generations, and so takes fewer, fuller steps. A callback stops a run once the
+generations it used reach the budget. Then each is evaluated on the quickstart's 500 held-out problems (8 samples
 at T=1, and greedy). One JSON per (arm, seed) in ``--output-dir`` (resumable), and a table.
 
     PYTHONPATH=. python experiments/dynamic_sampling_budget.py --output-dir runs/ds_budget --budget 60 --seeds 0 1
@@ -26,7 +27,12 @@ from asym_trl.apps.quickstart import QuickstartSettings, default_cache_dir, eval
 from asym_trl.apps.tiny import last_digit_splits
 from asym_trl.generation import TransformersGenerator
 
-ARMS = {"plain": {}, "dynamic_sampling": {"dynamic_sampling": True, "dynamic_sampling_max_generations": 3}}
+DYNAMIC = {"dynamic_sampling": True, "dynamic_sampling_max_generations": 3}
+ARMS = {
+    "plain": {},
+    "dynamic_sampling": DYNAMIC,  # new prompts, as DAPO
+    "dynamic_sampling_same": {**DYNAMIC, "dynamic_sampling_prompts": "same"},
+}
 
 
 class GenerationBudget(TrainerCallback):

@@ -426,6 +426,7 @@ def test_diagnostics_off_logs_nothing(model_path, tmp_path):
         log_diagnostics=False,
         likelihood_displacement_optimizer_steps=0,
         likelihood_displacement_rollout_steps=0,
+        skip_zero_signal=False,  # TRL's loss and metric names (the skip renames entropy: test_zero_signal.py)
     )
     assert diag_metrics(trainer.state.log_history) == {1: {}}
     assert not any(type(cb).__name__ == "_DiagnosticsCallback" for cb in trainer.callback_handler.callbacks)

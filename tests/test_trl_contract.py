@@ -21,8 +21,17 @@ PRIVATE_METHODS = (
     "_generate_and_score_completions",
     "_compute_loss",
     "_get_per_token_logps_and_entropies",
+    "_prepare_inputs",
 )
-PRIVATE_ATTRIBUTES = ("_metrics", "_logs", "_entropy_bonus_enabled", "_step", "_last_loaded_step", "_dist")
+PRIVATE_ATTRIBUTES = (
+    "_metrics",
+    "_logs",
+    "_entropy_bonus_enabled",
+    "_step",
+    "_buffered_inputs",
+    "_last_loaded_step",
+    "_dist",
+)
 
 
 def params(fn):
@@ -43,6 +52,7 @@ def test_overridden_method_signatures():
     ]
     assert params(GRPOTrainer._generate_and_score_completions) == ["self", "inputs"]
     assert params(GRPOTrainer._compute_loss) == ["self", "model", "inputs"]
+    assert params(GRPOTrainer._prepare_inputs) == ["self", "generation_batch"]
     logps = params(GRPOTrainer._get_per_token_logps_and_entropies)
     assert logps[:5] == ["self", "model", "input_ids", "attention_mask", "logits_to_keep"]
     assert "compute_entropy" in logps
@@ -91,6 +101,14 @@ def test_generation_step_counter_and_vllm_sync_tag():
     src = inspect.getsource(GRPOTrainer)
     assert "self._step % generate_every == 0" in src or "self._step += 1" in src
     assert "self._last_loaded_step = self.state.global_step" in src
+
+
+def test_training_micro_batches_come_from_one_buffer_indexed_by_the_micro_step():
+    """asym_trl.zero_signal moves rows between the micro-batches of TRL's buffer right after TRL fills it."""
+    src = inspect.getsource(GRPOTrainer._prepare_inputs)
+    assert "generation_batches = split_tensor_dict(generation_batch, self.args.steps_per_generation)" in src
+    assert "self._buffered_inputs = [" in src
+    assert "inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]" in src
 
 
 def test_vllm_generation_is_built_in_init_and_syncs_through_one_method():

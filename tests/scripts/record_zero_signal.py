@@ -1,4 +1,4 @@
-"""Train 2 AsymGRPO steps with or without the zero-signal skip and save the final weights (rank 0).
+"""Train 2 AsymGRPO steps (plain SGD) with or without the zero-signal skip and save the gradients (rank 0).
 
 Launched by tests/test_zero_signal.py with 2 processes (torchrun, gloo on CPU): process 1 holds only all-solved
 groups, so each of its micro-batches is skipped entirely while process 0's are not.
@@ -13,11 +13,24 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from transformers import TrainerCallback
 
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
 from asym_trl.apps.tiny import cpu_run_kwargs, toy_sum_dataset
 
 G = 4
+
+
+class GradientSum(TrainerCallback):
+    """The gradients the optimizer steps on (synced, clipped), summed over the optimizer steps."""
+
+    def __init__(self):
+        self.sums = {}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        for name, param in model.named_parameters():
+            if param.grad is not None:
+                self.sums[name] = self.sums.get(name, 0.0) + param.grad.detach().clone()
 
 
 def rank_reward(completions, **kwargs):
@@ -41,14 +54,17 @@ def main():
         max_completion_length=4,
         max_steps=2,
         learning_rate=1e-3,
+        optim="sgd",  # step 2's gradients: at weights that differ by float noise x lr only (Adam would amplify it)
         log_diagnostics=dynamic,  # the group shares; off for the skip runs (its Cov(p) window would step aside)
         skip_zero_signal=skip,
         dynamic_sampling=dynamic,
     )
     trainer = AsymGRPOTrainer(model_dir, reward_funcs=rank_reward, args=args, train_dataset=toy_sum_dataset(64))
+    gradients = GradientSum()
+    trainer.add_callback(gradients)
     trainer.train()
     if PartialState().is_main_process:
-        torch.save({n: p.detach() for n, p in trainer.model.named_parameters()}, out_dir / f"{mode}.pt")
+        torch.save(gradients.sums, out_dir / f"{mode}.pt")
         logs = [h for h in trainer.state.log_history if "loss" in h]
         (out_dir / f"{mode}.json").write_text(json.dumps({"world_size": world_size, "logs": logs}))
 
