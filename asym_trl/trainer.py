@@ -39,8 +39,8 @@ class AsymGRPOTrainer(GRPOHooks):
     6. **Zero-signal skip** (``skip_zero_signal``): rollouts whose gradient is exactly zero are moved to the first
        micro-batches of their optimizer step and left out of the loss forward/backward, with the full micro-batch's
        normaliser (:mod:`asym_trl.zero_signal`).
-    7. **Dynamic sampling** (``dynamic_sampling``): zero-signal groups are generated again from the same prompts, up
-       to a cap (:mod:`asym_trl.dynamic_sampling`).
+    7. **Dynamic sampling** (``dynamic_sampling``): zero-signal groups are replaced by informative groups generated
+       again, from new training prompts or the same ones, up to a cap (:mod:`asym_trl.dynamic_sampling`).
 
     How they reach TRL's private methods (pinned to trl 1.16.0) is :mod:`asym_trl.trl_compat`.
     """
