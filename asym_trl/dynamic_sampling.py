@@ -5,8 +5,9 @@ such groups remain, a whole generation batch is generated and scored again (up t
 ``dynamic_sampling_max_generations`` generations in all) and its informative groups take the zero-signal groups'
 places (slots), in place:
 
-* ``dynamic_sampling_prompts="new"`` (DAPO): from prompts drawn from the training set, without replacement within a
-  draw, by a generator seeded from ``args.seed`` (the same draws on every process).  Each process fills its open
+* ``dynamic_sampling_prompts="new"`` (DAPO): from prompts drawn from the training set (without replacement while
+  a draw is smaller than it), by a generator seeded from ``args.seed`` (the same draws on every process; not
+  checkpointed).  Each process fills its open
   slots, in order, with its own new informative groups;
 * ``"same"``: from the batch's own prompts; a slot takes an informative group of its own prompt.
 
@@ -24,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from .rows import COMPLETION_PADDING, PROMPT_PADDING, pad_left, pad_right, select_rows
-from .trl_compat import metrics, pad_token_id
+from .trl_compat import MODEL_INPUT_KEYS, metrics, pad_token_id
 
 # Kept from the slot, whatever fills it: the diagnostics index the merged batch's state by slot position.
 SLOT_KEYS = ("rollout_index",)
@@ -60,6 +61,17 @@ def merge_rows(base: dict, new: dict, take: torch.Tensor, pad_id: int, per_token
     return out
 
 
+def check_text_only(batch: dict) -> None:
+    """Dynamic sampling merges rows of text batches only: image inputs (``pixel_values``, ``num_images``...) are not
+    per row, and token-type ids span prompt and completion."""
+    present = [key for key in MODEL_INPUT_KEYS if batch.get(key) is not None]
+    if present:
+        raise ValueError(
+            f"dynamic_sampling does not support multimodal batches (this one has {present}); "
+            "set dynamic_sampling=False"
+        )
+
+
 def fill_slots(open_slots: torch.Tensor, available: torch.Tensor, num_processes: int, same_prompt: bool):
     """``(num_groups,)``: for each open slot that gets one, the group of the new generation that fills it; -1 for the
     others.  Same prompt: the slot's own group, when informative.  New prompts: each process's open slots, in
@@ -85,13 +97,20 @@ class DynamicSampler:
         self.trainer = trainer
         self.latest = None  # global (advantages, success, valid) of the last scored generation
         self.same_prompt = trainer.args.dynamic_sampling_prompts == "same"
-        self.prompts = None if self.same_prompt else trainer.train_dataset
-        if self.prompts is not None and isinstance(self.prompts, torch.utils.data.IterableDataset):
-            raise ValueError(
-                f"dynamic_sampling_prompts='new' draws prompts from the training set, which needs a map-style "
-                f"dataset (got {type(self.prompts).__name__}); use dynamic_sampling_prompts='same'"
-            )
+        if not self.same_prompt and trainer.train_dataset is not None:
+            self.prompt_pool()  # fail early
+        # Not checkpointed: a resumed run draws other new prompts than an uninterrupted one would.
         self.generator = torch.Generator().manual_seed(trainer.args.seed + PROMPT_SEED_OFFSET)
+
+    def prompt_pool(self):
+        """The training set new prompts are drawn from (read when drawing: it may be set after construction)."""
+        dataset = self.trainer.train_dataset
+        if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or len(dataset) == 0:
+            raise ValueError(
+                "dynamic_sampling_prompts='new' draws prompts from the training set, which must be a non-empty "
+                f"map-style dataset (got {type(dataset).__name__}); use dynamic_sampling_prompts='same'"
+            )
+        return dataset
 
     def observe(self, advantages: torch.Tensor, success: torch.Tensor, valid: torch.Tensor) -> None:
         self.latest = (advantages, success, valid)
@@ -99,12 +118,12 @@ class DynamicSampler:
     def new_prompts(self, num_rows: int) -> list:
         """This process's ``num_rows`` rows of new prompts (each repeated ``num_generations`` times); every process
         draws the same global sample and takes its slice."""
-        accelerator, size = self.trainer.accelerator, self.trainer.num_generations
+        accelerator, size, prompts = self.trainer.accelerator, self.trainer.num_generations, self.prompt_pool()
         count = num_rows // size * accelerator.num_processes
-        rounds = -(-count // len(self.prompts))
-        drawn = torch.cat([torch.randperm(len(self.prompts), generator=self.generator) for _ in range(rounds)])
+        rounds = -(-count // len(prompts))  # a draw larger than the training set repeats it, reshuffled
+        drawn = torch.cat([torch.randperm(len(prompts), generator=self.generator) for _ in range(rounds)])
         mine = drawn[:count].view(accelerator.num_processes, -1)[accelerator.process_index]
-        return [self.prompts[int(i)] for i in mine for _ in range(size)]
+        return [prompts[int(i)] for i in mine for _ in range(size)]
 
     def generate(self, inputs: list, generate_fn: Callable[[list], dict]) -> dict:
         trainer = self.trainer
@@ -114,6 +133,7 @@ class DynamicSampler:
         num_processes, rank = trainer.accelerator.num_processes, trainer.accelerator.process_index
         per_token = trainer.args.vllm_importance_sampling_mode.startswith("token")
         output = generate_fn(inputs)
+        check_text_only(output)
         merged = self.latest
         filled = informative_groups(merged[0], size)
         generations = 1

@@ -284,7 +284,13 @@ def plot_quickstart(run_dir: str | Path) -> Path:
     ax.set(xlabel="RL step", ylabel="accuracy", ylim=(0, 1), title="accuracy")
     ax.legend(fontsize=8)
     ax = axes[1]
-    ax.plot([h["step"] for h in train], [h["entropy"] for h in train], label="train rollouts")
+    for key, style, label in [
+        ("entropy", "-", "train rollouts"),  # steps the zero-signal skip ran in full
+        ("entropy/informative", ":", "train rollouts with a non-zero advantage"),  # steps it skipped rows
+    ]:
+        logged = [h for h in train if key in h]
+        if logged:
+            ax.plot([h["step"] for h in logged], [h[key] for h in logged], style, label=label)
     for key, label in [("entropy_correct", "held-out, correct"), ("entropy_incorrect", "held-out, incorrect")]:
         ax.plot(steps, [summary["before"][key]] + [h[f"heldout/{key}"] for h in curve], "o-", label=label)
     ax.set(xlabel="RL step", ylabel="mean token entropy (nats)", title="entropy")

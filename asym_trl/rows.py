@@ -69,8 +69,9 @@ def pad_left(x: torch.Tensor, width: int, value) -> torch.Tensor:
     return torch.nn.functional.pad(x, (width - x.size(1), 0), value=value) if x.size(1) < width else x
 
 
-def trim_completions(inputs: dict) -> dict:
-    """The batch without its trailing completion columns that no row uses (all masked out).
+def trim_completions(inputs: dict, multiple: int | None = None) -> dict:
+    """The batch without its trailing completion columns that no row uses (all masked out), its width kept a
+    multiple of ``multiple`` (TRL's ``pad_to_multiple_of``: fewer shapes to compile).
 
     Exact for TRL's loss: the model is causal, so a column after a row's last token changes none of its log-probs,
     and every normaliser counts masked tokens or uses a fixed length (``max_completion_length``).
@@ -78,6 +79,8 @@ def trim_completions(inputs: dict) -> dict:
     mask = inputs["completion_mask"]
     used = mask.ne(0).any(dim=0).nonzero()
     width = int(used.max()) + 1 if len(used) else 1
+    if multiple:
+        width = min(-(-width // multiple) * multiple, mask.size(1))
     if width == mask.size(1):
         return inputs
     full = mask.size(1)

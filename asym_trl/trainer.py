@@ -36,9 +36,10 @@ class AsymGRPOTrainer(GRPOHooks):
     5. **Weight sync** (``use_vllm``): after every push the engine is checked end to end to serve the trainer's
        weights (``vllm_sync_check``); with ``vllm_weight_sync="disk"`` the push goes through disk and the server's
        worker extension instead of NCCL (:mod:`asym_trl.vllm_sync`).
-    6. **Zero-signal skip** (``skip_zero_signal``): rollouts whose gradient is exactly zero are moved to the first
-       micro-batches of their optimizer step and left out of the loss forward/backward, with the full micro-batch's
-       normaliser (:mod:`asym_trl.zero_signal`).
+    6. **Zero-signal skip** (``skip_zero_signal``): rollouts whose gradient is exactly zero are gathered into the
+       first micro-batches of their optimizer step (within runs of ``gcd(steps_per_generation,
+       gradient_accumulation_steps)`` micro-batches) and left out of the loss forward/backward, with the full
+       micro-batch's normaliser (:mod:`asym_trl.zero_signal`).
     7. **Dynamic sampling** (``dynamic_sampling``): zero-signal groups are replaced by informative groups generated
        again, from new training prompts or the same ones, up to a cap (:mod:`asym_trl.dynamic_sampling`).
 

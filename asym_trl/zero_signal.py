@@ -4,8 +4,9 @@ A rollout with advantage 0 adds ``0 x (ratio terms)`` to TRL's loss when there i
 no entropy advantage, no high-entropy token mask (its quantile spans the micro-batch) and no router loss: its
 gradient is exactly zero.  :class:`ZeroSignalSkip` then
 
-1. **regroups** (:meth:`ZeroSignalSkip.arrange`): within each run of micro-batches that always falls in one
-   optimizer step, the informative rows move to the last micro-batches (TRL's shuffled order kept otherwise), so
+1. **regroups** (:meth:`ZeroSignalSkip.arrange`): within each run of ``gcd(steps_per_generation,
+   gradient_accumulation_steps)`` micro-batches (it always falls in one optimizer step), the informative rows move
+   to the last micro-batches (TRL's shuffled order kept otherwise), so
    that the first ones hold zero-signal rows only.  The optimizer step sums the same rows' gradients, with the same
    per-row weights (not for ``bnpo``, whose normaliser is the micro-batch's token count: no regrouping there);
 2. **skips** a micro-step with no informative row on any process entirely (no forward, no backward), unless it
@@ -111,8 +112,10 @@ class ZeroSignalSkip:
             logger.info(f"skip_zero_signal is off: zero-advantage rollouts count here ({reasons})")
         self._decided = (None, False)  # (global_step, steps aside): one decision per optimizer step
         args = trainer.args
-        # Micro-batches [k*block, (k+1)*block) of a generation batch always share an optimizer step, whatever the
-        # epoch's remainder: windows start at generation-batch boundaries or every gradient_accumulation_steps.
+        # Micro-batches [k*block, (k+1)*block) of a generation batch always share an optimizer step: windows start
+        # at epoch starts and every gradient_accumulation_steps micro-steps after, and an epoch is a whole number of
+        # generation batches x num_iterations (TRL's sampler drops an incomplete one), so every window start is a
+        # multiple of the block from the buffer's start.
         self.block = math.gcd(args.steps_per_generation, args.gradient_accumulation_steps)
         self.regroups = self.enabled and self.block > 1 and loss_normaliser(trainer.loss_type) != "tokens"
 
@@ -161,7 +164,7 @@ class ZeroSignalSkip:
             return torch.zeros((), device=keep.device, requires_grad=True)  # backward is a no-op
         logged[SKIPPED_FRAC].append(1.0 - width * len(counts) / counts[:, 1].sum().item())  # rows not forwarded
         batch = inputs if width == len(keep) and keep.all() else padded_rows(inputs, keep, width)
-        batch = trim_completions(batch)
+        batch = trim_completions(batch, self.trainer.args.pad_to_multiple_of)
         before = {key: len(values) for key, values in logged.items()}
         loss = loss_fn(batch) * loss_scale(loss_normaliser(self.trainer.loss_type), inputs, keep, width)
         rename_forward_metrics(logged, before, drop=kept == 0)

@@ -57,7 +57,17 @@ HELDOUT_COLUMNS = [  # the final policy on the held-out problems
 
 def run_one(base: QuickstartSettings, method: str, seed: int, out_dir: Path, cache_dir: Path, train, test) -> dict:
     estimator, beta_pos, beta_neg = METHODS[method]
-    settings = replace(base, advantage_estimator=estimator, beta_pos=beta_pos, beta_neg=beta_neg, seed=seed)
+    # train/entropy below is over every rollout of the last 10 steps: no zero-signal skip (it would rename it on
+    # steps it skips rows, leaving the full steps only)
+    overrides = {"skip_zero_signal": False}
+    settings = replace(
+        base,
+        advantage_estimator=estimator,
+        beta_pos=beta_pos,
+        beta_neg=beta_neg,
+        seed=seed,
+        trainer_overrides=overrides,
+    )
     # The warm start is shared: its cache key uses the SFT seed (base.seed), not the RL seed.
     sft_dir = warm_start(base, cache_dir, train)
     start = time.time()

@@ -186,3 +186,20 @@ def test_load_log_history_finds_the_newest_checkpoint(tmp_path):
     (tmp_path / "trainer_state.json").write_text("{}")
     with pytest.raises(ValueError, match="log_history"):
         load_log_history(tmp_path)
+
+
+def test_quickstart_figure_draws_train_entropy_only_where_it_was_logged(tmp_path):
+    """With the zero-signal skip (default), steps that skipped rows log entropy/informative instead of entropy."""
+    from asym_trl.plotting import plot_quickstart
+
+    keys = ("greedy_accuracy", "sampled_accuracy", "all_solved", "none_solved", "entropy_correct", "entropy_incorrect")
+    summary = {"before": dict.fromkeys(keys, 0.2), "after": dict.fromkeys(keys, 0.4), "settings": {"num_test": 10}}
+    history = [
+        {"step": 5, "reward": 0.3, "entropy": 0.5},
+        {"step": 10, "reward": 0.4, "entropy/informative": 0.45},  # a window whose every step skipped rows
+        {"step": 10, "heldout/sampled_accuracy": 0.3, "heldout/greedy_accuracy": 0.5}
+        | {"heldout/entropy_correct": 0.4, "heldout/entropy_incorrect": 0.5},
+    ]
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    assert plot_quickstart(tmp_path).stat().st_size > 0

@@ -162,6 +162,8 @@ def test_trim_completions_drops_only_columns_no_row_uses():
     assert out["old_per_token_logps"].shape == (2, 2) and out["importance_sampling_ratio"].shape == (2, 1)
     assert out["prompt_ids"].shape == (2, 4)
     assert trim_completions(out) is out
+    assert trim_completions(batch, multiple=3)["completion_ids"].shape == (2, 3)  # TRL's pad_to_multiple_of
+    assert trim_completions(batch, multiple=8) is batch  # never wider than it was
 
 
 def count_loss_calls(trainer) -> list:
@@ -185,7 +187,7 @@ def train_both(tiny_model_path, cpu_config, reward=group_reward, **kw):
     return runs
 
 
-def test_training_with_accumulation_and_iterations_gives_the_same_weights(tiny_model_path, cpu_config):
+def test_training_with_accumulation_and_iterations_gives_the_same_gradients(tiny_model_path, cpu_config):
     # one generation batch (24 rollouts: 2 of 6 groups informative) feeds an optimizer step of 2 micro-batches,
     # twice (num_iterations): the first micro-batch holds 12 zero-signal rows and skips TRL's loss, the second
     # forwards the 8 informative rows
@@ -277,7 +279,7 @@ def test_on_by_default_and_a_key_turns_it_off(tiny_model_path, cpu_config):
 
 
 @pytest.mark.slow
-def test_two_processes_same_weights_with_a_process_fully_skipped(tiny_model_path, tmp_path):
+def test_two_processes_same_gradients_with_a_process_fully_skipped(tiny_model_path, tmp_path):
     script = Path(__file__).parent / "scripts" / "record_zero_signal.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     records = {}
@@ -402,6 +404,19 @@ def test_dynamic_sampling_new_prompts_need_a_map_style_dataset(tiny_model_path, 
     stream = toy_sum_dataset(24).to_iterable_dataset()
     with pytest.raises(ValueError, match="map-style dataset.*dynamic_sampling_prompts='same'"):
         AsymGRPOTrainer(tiny_model_path, reward_funcs=group_reward, args=args, train_dataset=stream)
+    trainer = AsymGRPOTrainer(tiny_model_path, reward_funcs=group_reward, args=args, train_dataset=toy_sum_dataset(2))
+    assert len(trainer.dynamic_sampling.new_prompts(4 * G)) == 4 * G  # more than the set holds: it is repeated
+    trainer.train_dataset = None  # set after construction, as the Trainer allows
+    with pytest.raises(ValueError, match="non-empty map-style dataset"):
+        trainer.dynamic_sampling.new_prompts(G)
+
+
+def test_dynamic_sampling_refuses_multimodal_batches():
+    from asym_trl.dynamic_sampling import check_text_only
+
+    check_text_only({"prompt_ids": torch.ones(2, 3), "pixel_values": None})
+    with pytest.raises(ValueError, match=r"multimodal.*pixel_values.*dynamic_sampling=False"):
+        check_text_only({"prompt_ids": torch.ones(2, 3), "pixel_values": torch.ones(4, 8)})
 
 
 def test_fill_slots_keeps_groups_on_their_process():
