@@ -2,7 +2,8 @@
 
 A TRL batch maps names to per-row tensors (first dimension = rows), per-row lists, and values that are not per row
 (``num_items_in_batch``, a 0-d tensor).  Completion-aligned tensors are right-padded to the batch's longest
-completion; :data:`COMPLETION_PADDING` names them with their padding value.
+completion and prompt tensors left-padded to the longest prompt; :data:`COMPLETION_PADDING` and
+:data:`PROMPT_PADDING` name them with their padding values.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ COMPLETION_PADDING = {
     "sampling_per_token_logps": 0.0,
     "importance_sampling_ratio": 1.0,
 }
+# Per-row prompt tensors, left-padded to the batch's longest prompt.
+PROMPT_PADDING = {"prompt_ids": None, "prompt_mask": 0}
 
 
 def is_per_row(value, n: int) -> bool:
@@ -55,10 +58,6 @@ def concat_rows(batches: list[dict]) -> dict:
         return torch.cat(parts) if isinstance(value, torch.Tensor) else [row for part in parts for row in part]
 
     return {key: join(key, value) for key, value in batches[0].items()}
-
-
-# Per-row prompt tensors, left-padded to the batch's longest prompt.
-PROMPT_PADDING = {"prompt_ids": None, "prompt_mask": 0}
 
 
 def pad_right(x: torch.Tensor, width: int, value) -> torch.Tensor:

@@ -6,9 +6,9 @@ gradient is exactly zero.  :class:`ZeroSignalSkip` then
 
 1. **regroups** (:meth:`ZeroSignalSkip.arrange`): within each run of ``gcd(steps_per_generation,
    gradient_accumulation_steps)`` micro-batches (it always falls in one optimizer step), the informative rows move
-   to the last micro-batches (TRL's shuffled order kept otherwise), so
-   that the first ones hold zero-signal rows only.  The optimizer step sums the same rows' gradients, with the same
-   per-row weights (not for ``bnpo``, whose normaliser is the micro-batch's token count: no regrouping there);
+   to the last micro-batches (TRL's shuffled order kept otherwise), so that the first ones hold zero-signal rows
+   only.  The optimizer step sums the same rows' gradients, with the same per-row weights (not for ``bnpo``, whose
+   normaliser is the micro-batch's token count: no regrouping there);
 2. **skips** a micro-step with no informative row on any process entirely (no forward, no backward), unless it
    ends the accumulation window (DDP/FSDP sync there, and per-step metrics are reduced) or DeepSpeed counts it;
 3. **runs the rest on their informative rows only**, trailing all-padding columns trimmed, and rescales TRL's loss
