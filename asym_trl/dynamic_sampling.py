@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from .rows import COMPLETION_PADDING, PROMPT_PADDING, pad_left, pad_right, select_rows
+from .rows import COMPLETION_PADDING, PROMPT_PADDING, is_per_row, pad_left, pad_right, select_rows
 from .trl_compat import MODEL_INPUT_KEYS, metrics, pad_token_id
 
 # Kept from the slot, whatever fills it: the diagnostics index the merged batch's state by slot position.
@@ -44,8 +44,7 @@ def merge_rows(base: dict, new: dict, take: torch.Tensor, pad_id: int, per_token
     per-sequence ratio stays one column); :data:`SLOT_KEYS` stay ``base``'s."""
     out = dict(base)
     for key, value in base.items():
-        per_row = isinstance(value, torch.Tensor) and value.dim() > 0 and value.size(0) == len(take)
-        if not per_row or key in SLOT_KEYS:
+        if not (isinstance(value, torch.Tensor) and is_per_row(value, len(take))) or key in SLOT_KEYS:
             continue
         other = new[key]
         if value.dim() == 2 and value.size(1) != other.size(1):

@@ -49,10 +49,10 @@ def select_rows(inputs: dict, index: torch.Tensor) -> dict:
 def concat_rows(batches: list[dict]) -> dict:
     """One batch holding the rows of ``batches`` (same keys and column widths, e.g. slices of one generation
     batch) in order; values that are not per row are taken from the first."""
-    sizes = [len(batch["advantages"]) for batch in batches]
+    n = len(batches[0]["advantages"])
 
     def join(key, value):
-        if not is_per_row(value, sizes[0]):
+        if not is_per_row(value, n):
             return value
         parts = [batch[key] for batch in batches]
         return torch.cat(parts) if isinstance(value, torch.Tensor) else [row for part in parts for row in part]
@@ -76,13 +76,13 @@ def trim_completions(inputs: dict, multiple: int | None = None) -> dict:
     and every normaliser counts masked tokens or uses a fixed length (``max_completion_length``).
     """
     mask = inputs["completion_mask"]
+    full = mask.size(1)
     used = mask.ne(0).any(dim=0).nonzero()
     width = int(used.max()) + 1 if len(used) else 1
     if multiple:
-        width = min(-(-width // multiple) * multiple, mask.size(1))
-    if width == mask.size(1):
+        width = min(-(-width // multiple) * multiple, full)
+    if width == full:
         return inputs
-    full = mask.size(1)
 
     def trim(key, value):
         aligned = key in COMPLETION_PADDING and isinstance(value, torch.Tensor) and value.dim() == 2
