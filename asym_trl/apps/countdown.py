@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import os
 import random
 import re
 from collections import Counter
@@ -37,6 +38,7 @@ __all__ = [
     "countdown_splits",
     "solutions",
     "teacher_dataset",
+    "testbed_pool",
 ]
 
 OPS = "+-*"
@@ -44,8 +46,8 @@ _ALLOWED = re.compile(r"^[0-9+\-*() ]{1,40}$")
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*"}
 
 
-def _question(numbers, target) -> str:
-    return f"Use 3 of {' '.join(map(str, numbers))} to make {target}"
+def _question(numbers, target, operands: int = 3) -> str:
+    return f"Use {operands} of {' '.join(map(str, numbers))} to make {target}"
 
 
 def _parse(text: str):
@@ -114,9 +116,15 @@ def canonical(text: str) -> str | None:
 _APPLY = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__}
 
 
-def _expressions(numbers) -> list[tuple[str, int]]:
-    """``(expression, value)`` for every expression using three of the numbers once each: subsets x orders x
-    ops x the three bracketings (values computed directly: ``*`` binds tighter without parentheses)."""
+def _expressions(numbers, operands: int = 3) -> list[tuple[str, int]]:
+    """``(expression, value)`` for every expression using ``operands`` (2 or 3) of the numbers once each: subsets x
+    orders x ops (x the three bracketings of three operands; values computed directly: ``*`` binds tighter without
+    parentheses)."""
+    if operands == 2:
+        pairs = {p for c in itertools.combinations(numbers, 2) for p in itertools.permutations(c)}
+        return [(f"{x}{o}{y}", _APPLY[o](x, y)) for x, y in sorted(pairs) for o in OPS]
+    if operands != 3:
+        raise ValueError(f"operands must be 2 or 3, got {operands}")
     out = []
     triples = {p for c in itertools.combinations(numbers, 3) for p in itertools.permutations(c)}
     for x, y, z in sorted(triples):
@@ -137,41 +145,45 @@ def _preference(expr: str) -> tuple:
 
 
 @cache
-def solutions(numbers: tuple[int, ...], target: int) -> tuple[str, ...]:
+def solutions(numbers: tuple[int, ...], target: int, operands: int = 3) -> tuple[str, ...]:
     """One representative per distinct correct solution (canonical class), in the teacher's preference order."""
     best = {}
-    for expr in sorted((e for e, value in _expressions(numbers) if value == target), key=_preference):
+    for expr in sorted((e for e, value in _expressions(numbers, operands) if value == target), key=_preference):
         best.setdefault(canonical(expr), expr)
     return tuple(best.values())
 
 
-def countdown_problems(min_solutions: int = 2, high: int = 9, max_target: int = 60) -> list[tuple[tuple, int]]:
+def countdown_problems(
+    min_solutions: int = 2, high: int = 9, max_target: int = 60, operands: int = 3
+) -> list[tuple[tuple, int]]:
     """Every ``(numbers, target)`` with four numbers in ``[1, high]`` (a sorted multiset), a target in
-    ``[0, max_target]`` and at least ``min_solutions`` distinct correct solutions; in a fixed order."""
+    ``[0, max_target]`` reachable with ``operands`` of them in at least ``min_solutions`` distinct ways; in a fixed
+    order."""
     problems = []
     for numbers in itertools.combinations_with_replacement(range(1, high + 1), 4):
-        targets = Counter(value for _, value in _expressions(numbers))
+        targets = Counter(value for _, value in _expressions(numbers, operands))
         for target in sorted(t for t, n in targets.items() if 0 <= t <= max_target and n >= min_solutions):
-            if len(solutions(numbers, target)) >= min_solutions:
+            if len(solutions(numbers, target, operands)) >= min_solutions:
                 problems.append((numbers, target))
     return problems
 
 
-def _row(numbers, target, rng: random.Random) -> dict:
+def _row(numbers, target, rng: random.Random, operands: int = 3) -> dict:
     shown = list(numbers)
     rng.shuffle(shown)
+    prefix = "" if operands == 3 else f"{operands} of "  # the gold names the operand count unless it is 3
     return {
-        "prompt": [{"role": "user", "content": _question(shown, target)}],
-        "solution": f"{','.join(map(str, numbers))}={target}",
+        "prompt": [{"role": "user", "content": _question(shown, target, operands)}],
+        "solution": f"{prefix}{','.join(map(str, numbers))}={target}",
     }
 
 
-def countdown_splits(num_test: int = 100, num_validation: int = 100, seed: int = 0) -> dict:
+def countdown_splits(num_test: int = 100, num_validation: int = 100, seed: int = 0, operands: int = 3) -> dict:
     """``{"train", "validation", "test"}`` datasets (``prompt``, ``solution`` = ``"2,3,5,8=23"``), split by problem
-    with a seeded shuffle."""
+    with a seeded shuffle; ``operands=2``: the "use 2 of 4" problems (``"2 of 2,3,5,8=13"``)."""
     from datasets import Dataset
 
-    problems = countdown_problems()
+    problems = countdown_problems(operands=operands)
     rng = random.Random(seed)
     rng.shuffle(problems)
     if num_test + num_validation >= len(problems):
@@ -181,12 +193,31 @@ def countdown_splits(num_test: int = 100, num_validation: int = 100, seed: int =
         "validation": problems[num_test : num_test + num_validation],
         "train": problems[num_test + num_validation :],
     }
-    return {name: Dataset.from_list([_row(n, t, rng) for n, t in part]) for name, part in parts.items()}
+    return {name: Dataset.from_list([_row(n, t, rng, operands) for n, t in part]) for name, part in parts.items()}
 
 
 def countdown_rl_train():
     """The RL training prompts (a ``dataset_name: module:function`` factory for recipes)."""
     return countdown_splits()["train"]
+
+
+TESTBED_POOL_ENV = "ASYM_TRL_TESTBED_POOL"
+TESTBED_POOL_DEFAULT = "runs/testbed/pool.jsonl"
+
+
+def testbed_pool():
+    """The testbed study's fixed RL training pool (``recipes/cpu/testbed/``; ``docs/testbed.md``): the JSON-lines
+    file that ``experiments/testbed.py`` writes after filtering problems by the warm start's success rate, read from
+    ``$ASYM_TRL_TESTBED_POOL`` (default ``runs/testbed/pool.jsonl``)."""
+    from datasets import Dataset
+
+    path = os.environ.get(TESTBED_POOL_ENV, TESTBED_POOL_DEFAULT)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"testbed pool {path!r} not found: `python experiments/testbed.py --out runs/testbed` writes it "
+            f"(or set ${TESTBED_POOL_ENV} to the pool.jsonl of another study directory)"
+        )
+    return Dataset.from_json(path)
 
 
 def _slip(expr: str, rng: random.Random) -> str:
@@ -205,8 +236,7 @@ def teacher_dataset(train, *, demos_per_problem: int = 4, error_rate: float = 0.
     rng = random.Random(seed)
     rows = []
     for prompt, gold in zip(train["prompt"], train["solution"], strict=True):
-        numbers, target = _gold(gold)
-        sols = solutions(numbers, target)
+        sols = solutions(*_gold(gold))
         weights = [decay**i for i in range(len(sols))]
         for _ in range(demos_per_problem):
             expr = rng.choices(sols, weights)[0]
@@ -216,20 +246,23 @@ def teacher_dataset(train, *, demos_per_problem: int = 4, error_rate: float = 0.
     return Dataset.from_list(rows)
 
 
-def _gold(solution: str) -> tuple[tuple[int, ...], int]:
-    numbers, target = solution.split("=")
-    return tuple(sorted(map(int, numbers.split(",")))), int(target)
+def _gold(solution: str) -> tuple[tuple[int, ...], int, int]:
+    """``(numbers, target, operands)`` of a gold string ``"2,3,5,8=23"`` (3 operands) or ``"2 of 2,3,5,8=5"``."""
+    operands, _, rest = solution.rpartition(" of ")
+    numbers, target = rest.split("=")
+    return tuple(sorted(map(int, numbers.split(",")))), int(target), int(operands or 3)
 
 
 def _is_correct(text: str, solution: str) -> bool:
     node = _parse(text)
     if node is None:
         return False
-    numbers, target = _gold(solution)
+    numbers, target, operands = _gold(solution)
     leaves = Counter(_leaves(node))
-    return len(_leaves(node)) == 3 and not leaves - Counter(numbers) and _value(node) == target
+    return len(_leaves(node)) == operands and not leaves - Counter(numbers) and _value(node) == target
 
 
 def countdown_reward(completions, solution, **kwargs) -> list[float]:
-    """1.0 when the completion is an expression over three of the given numbers that equals the target."""
+    """1.0 when the completion is an expression over the asked number of the given numbers (three unless the gold
+    says ``"2 of ..."``) that equals the target."""
     return [float(_is_correct(completion_text(c), gold)) for c, gold in zip(completions, solution, strict=True)]
