@@ -114,6 +114,9 @@ CLAIMS = [
     Claim("T4", "AsymGRPO beats its symmetric setting beta_pos = beta_neg = 0.7 (Table 1)", "asym",
           "asym-symmetric", "sampled_accuracy", +1),
 ]  # fmt: skip
+# Exploratory, added after the primary results were seen (docs/testbed.md, change log): the exploration metrics the
+# paper's argument is about, for the primary pair. Reported with unadjusted p; never a verdict, not in Holm's family.
+EXPLORATORY = [("asym", "grpo", key) for key in ("pass@n", "distinct@n", "greedy_accuracy", "train_entropy")]
 # (key, header) of the per-method table
 COLUMNS = [
     ("sampled_accuracy", "acc (Avg@n)"),
@@ -245,7 +248,7 @@ def derived_metrics(curve: list[dict], epochs: list[dict]) -> dict:
         return sum(values) / len(values) if values else float("nan")
 
     final = max(epochs, key=lambda e: e["epoch_index"]) if epochs else {}
-    first_epoch = [h["reward"] for h in curve if h["epoch"] <= 1]
+    first_epoch = [h["reward"] for h in curve if h["epoch"] <= 1 and "reward" in h]
     return {
         "train_entropy": mean("entropy"),
         "train_entropy_correct": mean("entropy/correct"),
@@ -285,11 +288,7 @@ def run_one(method: str, seed: int, opts, *, extra: tuple[str, ...] = (), tag: s
         subprocess.run(command, check=True, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     train_seconds = time.time() - start
     checkpoints = sorted(train_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    history = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
-    curve = [{"step": h["step"]} | {k: v for k, v in h.items() if k in CURVE_KEYS or k.startswith("groups/p_")}
-             for h in history if "reward" in h]  # fmt: skip
-    epochs = [{k.removeprefix("groups/"): h[k] for k in h if k.startswith("groups/epoch")} | {"step": h["step"]}
-              for h in history if "groups/epoch_index" in h]  # fmt: skip
+    curve, epochs = training_logs(train_dir)
     validation = split(regime, "validation")
     val_curve = [{"step": 0, **evaluate(out / "warm-start", validation, opts.val_n, [1], seed)}]
     val_curve += [{"step": int(c.name.split("-")[1]), **evaluate(c, validation, opts.val_n, [1], seed)}
@@ -303,9 +302,8 @@ def run_one(method: str, seed: int, opts, *, extra: tuple[str, ...] = (), tag: s
         "training_curve": curve,
         "epochs": epochs,
         "validation_curve": val_curve,
-        "derived": derived_metrics(curve, epochs)
-        | {"val_ema_drop": ema_drop([p["sampled_accuracy"] for p in val_curve])},
     }
+    refresh_derived(result)
     if test:
         ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= opts.n]
         result["test"] = evaluate(train_dir, split(regime, "test"), opts.n, ks, seed)
@@ -313,6 +311,38 @@ def run_one(method: str, seed: int, opts, *, extra: tuple[str, ...] = (), tag: s
         shutil.rmtree(checkpoint)
     result["seconds"] = round(time.time() - start, 1)
     return result
+
+
+def training_logs(train_dir: Path) -> tuple[list[dict], list[dict]]:
+    """The training curve (every logged optimizer step: the loss-side metrics on each, the generation-side ones, e.g.
+    ``reward``, on the steps that generated) and the per-epoch group shares, from the run's final
+    ``trainer_state.json``."""
+    history = json.loads((train_dir / "trainer_state.json").read_text())["log_history"]
+    curve = [{"step": h["step"]} | {k: v for k, v in h.items() if k in CURVE_KEYS or k.startswith("groups/p_")}
+             for h in history if "loss" in h]  # fmt: skip
+    epochs = [{k.removeprefix("groups/"): h[k] for k in h if k.startswith("groups/epoch")} | {"step": h["step"]}
+              for h in history if "groups/epoch_index" in h]  # fmt: skip
+    return curve, epochs
+
+
+def refresh_derived(run: dict) -> None:
+    """The run's ``derived`` metrics from its curves (in place)."""
+    drop = ema_drop([p["sampled_accuracy"] for p in run["validation_curve"]])
+    run["derived"] = derived_metrics(run["training_curve"], run["epochs"]) | {"val_ema_drop": drop}
+
+
+def refresh_curves(out: Path) -> int:
+    """Re-read every run's training curve from its ``train/<run>/trainer_state.json`` and recompute its derived
+    metrics (the evaluations are kept): the fix of 2026-12-03 (docs/testbed.md, change log)."""
+    paths = sorted((out / "runs").glob("*.json"))
+    for path in paths:
+        run = json.loads(path.read_text())
+        run["training_curve"], run["epochs"] = training_logs(
+            out / "train" / f"{run['method']}{run['tag']}-s{run['seed']}"
+        )
+        refresh_derived(run)
+        path.write_text(json.dumps(run, indent=1))
+    return len(paths)
 
 
 def _run_and_save(job) -> str:
@@ -420,6 +450,11 @@ def analyse(out: Path, results_path: Path | None = None) -> dict:
     }
     summary["gate"] = gate | {"passed": all(gate.values())}
     summary["verdicts"] = judge(results)
+    summary["exploratory"] = [
+        {"a": a, "b": b, "metric": key} | {k: getattr(test, k) for k in ("n", "mean", "ci_low", "ci_high", "p")}
+        for a, b, key in EXPLORATORY
+        if len(diffs := paired(results, a, b, key)) >= 2 and (test := paired_t(diffs))
+    ]
     summary["methods"] = {
         m: {k: mean_ci([r[k] for r in results[m].values()]) for k, _ in COLUMNS} for m in METHODS if m in results
     }
@@ -450,15 +485,17 @@ def aggregate_curves(out: Path) -> dict:
         runs.setdefault(run["method"], []).append(run)
     curves = {}
     for method, group in runs.items():
-        steps = [h["step"] for h in min((r["training_curve"] for r in group), key=len)]
-        keys = ("entropy", "entropy/correct", "entropy/incorrect", "reward")
-        training = {k: _band([[h.get(k) or float("nan") for h in r["training_curve"]] for r in group]) for k in keys}
+        training = {}
+        for key in ("entropy", "entropy/correct", "entropy/incorrect", "reward"):
+            logged = [[h for h in r["training_curve"] if h.get(key) is not None] for r in group]
+            steps = [h["step"] for h in min(logged, key=len)]
+            training[key] = {"steps": steps} | _band([[h[key] for h in rows] for rows in logged])
         last = math.ceil(max(h["epoch"] for h in group[0]["training_curve"])) - 1
         histogram = {}
         for name, (low, high) in {"first_epoch": (0, 1), "last_epoch": (last, math.inf)}.items():
             per_run = []
             for r in group:
-                rows = [h for h in r["training_curve"] if low < h["epoch"] <= high]
+                rows = [h for h in r["training_curve"] if low < h["epoch"] <= high and "groups/p_0of8" in h]
                 bins = sorted(k for k in rows[0] if k.startswith("groups/p_"))
                 per_run.append([sum(h[b] for h in rows) / len(rows) for b in bins])
             histogram[name] = _band(per_run)
@@ -466,7 +503,6 @@ def aggregate_curves(out: Path) -> dict:
         curves[method] = {
             "label": METHODS[method],
             "seeds": len(group),
-            "steps": steps,
             "training": training,
             "epochs": {k: _band([[e[k] for e in r["epochs"]] for r in group])
                        for k in ("epoch_all_solved", "epoch_none_solved")},
@@ -497,6 +533,9 @@ def render(summary: dict) -> str:
         p = f"{row['p']:.2g}" if "effect" in row else "-"
         p_holm = f"{row['p_holm']:.2g}" if "effect" in row else "-"
         lines.append(f"| {row['id']} | {row['claim']} | {effect} | {row['n']} | {p} | {p_holm} | {row['verdict']} |")
+    lines += ["", "Exploratory (after the results; unadjusted p; not verdicts):", ""]
+    lines += [f"- {row['a']} - {row['b']}, {row['metric']}: {row['mean']:+.4f} [{row['ci_low']:+.4f}, "
+              f"{row['ci_high']:+.4f}], n {row['n']}, p {row['p']:.2g}" for row in summary["exploratory"]]  # fmt: skip
     gate = summary["gate"]
     lines += ["", f"gate: {'passed' if gate['passed'] else 'FAILED'} (warm-start training p "
               f"{summary['train_p_mean_warm_start']:.3f}, GRPO gain {_or_nan(summary['grpo_gain']):+.3f}, "
@@ -522,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=32, help="samples per test problem (Avg@n, pass@k up to n)")
     parser.add_argument("--val-n", type=int, default=8, help="samples per validation problem")
     parser.add_argument("--analyse-only", action="store_true")
+    parser.add_argument("--refresh-curves", action="store_true", help="re-read the training curves, then analyse")
     parser.add_argument("--results", type=Path, help="also write results.json here (docs/testbed/results.json)")
     opts = parser.parse_args(argv)
     opts.out = opts.out.resolve()
@@ -554,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     if opts.study == "tune-entropy-reg" and not opts.analyse_only:
         print(tuning_report(opts.out))
         return 0
+    if opts.refresh_curves:
+        print(f"refreshed the training curves of {refresh_curves(opts.out)} runs")
     if (opts.out / "runs").is_dir():
         print(analyse(opts.out, opts.results)["gate"])
         print((opts.out / "table.md").read_text())

@@ -3,7 +3,9 @@
 "Use 3 of 2 3 5 8 to make 23": write an expression that uses three of the four given numbers once each with
 ``+ - *`` (and parentheses) and evaluates to the target; the reward is 1 when it does (binary, verifiable).
 Modelled on the Countdown task of TinyZero / reasoning-gym (``countdown``: use some of the numbers), cut down to
-one-digit numbers and three-number expressions so that a tiny model learns it on CPU.  Every kept problem has
+one-digit numbers and three-number expressions so that a tiny model learns it on CPU.  ``operands=2`` is the easier
+"Use 2 of 3 8 1 6 to make 9" (one operation), where the tiny model starts in the paper's regime (the testbed study;
+its gold strings read ``"2 of 1,3,6,8=9"``).  Every kept problem has
 at least two *distinct* correct expressions, where two expressions are the same solution when their
 :func:`canonical` forms are equal (``3*5+8`` and ``8+5*3``), so a policy can keep several correct paths alive
 (informative entropy) or collapse onto one.
