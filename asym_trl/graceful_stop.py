@@ -128,7 +128,7 @@ class GracefulStop(TrainerCallback):
 
     @property
     def signal_name(self) -> str:
-        return self.signals.received.name if self.signals.received is not None else "a signal to another process"
+        return self.signals.received.name if self.signals.received is not None else "a stop signal on another process"
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.at_exact_point() and self.requested():
