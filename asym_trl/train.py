@@ -113,8 +113,9 @@ def resume_command(argv: list[str], world_size: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------- main
-def _error(message: str) -> int:
-    print(f"asym-trl train: error: {message}", file=sys.stderr)
+def _error(message: str, after_progress_bar: bool = False) -> int:
+    """One line on stderr (on a line of its own when a progress bar may be mid-line); exit code 2."""
+    print(f"{chr(10) if after_progress_bar else ''}asym-trl train: error: {message}", file=sys.stderr, flush=True)
     return 2
 
 
@@ -347,7 +348,7 @@ def _failed(trainer, error: Exception, resume: str) -> int:
     step = trainer.state.global_step
     if isinstance(error, UsageError) and not debugging():  # e.g. a reward function returning strings
         where = f"; checkpoint {trainer.crash_checkpoint_dir}" if trainer.crash_checkpoint_dir else ""
-        return _error(f"{error} (at step {step + 1}{where})")
+        return _error(f"{error} (at step {step + 1}{where})", after_progress_bar=True)
     traceback.print_exception(error)
     if trainer.crash_checkpoint_dir is not None:
         saved = f"step {step} is checkpointed in {trainer.crash_checkpoint_dir}; resume with: {resume}"
@@ -356,7 +357,7 @@ def _failed(trainer, error: Exception, resume: str) -> int:
     else:
         saved = "no optimizer step had completed: nothing to checkpoint"
     print(
-        f"asym-trl train: step {step + 1} failed: {type(error).__name__}: {' '.join(str(error).split())}; {saved}",
+        f"\nasym-trl train: step {step + 1} failed: {type(error).__name__}: {' '.join(str(error).split())}; {saved}",
         file=sys.stderr,
         flush=True,
     )
