@@ -260,3 +260,36 @@ def test_flaky_grader_policy(tiny_model_path, tmp_path, capsys):
 def test_a_batch_of_none_rewards_is_warned_about_at_once(tiny_model_path, tmp_path):
     with pytest.warns(UserWarning, match="every reward of this generation batch is None"):
         assert main(args(tiny_model_path, tmp_path / "out", reward="none_reward", steps=1)) == 0
+
+
+def test_validation_gives_up_between_batches_when_a_stop_is_requested(tmp_path, monkeypatch):
+    """A signal during a validation pass: the pass stops at the next generation batch, nothing is recorded; a
+    validation due when the stop is already agreed is skipped."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from asym_trl.validation import ValidationCallback
+
+    rows = [{"prompt": [{"role": "user", "content": f"{i}+1?"}], "solution": str(i + 1)} for i in range(8)]
+    accelerator = SimpleNamespace(process_index=0, num_processes=1, device="cpu", gather=lambda t: t)
+    trainer = SimpleNamespace(args=SimpleNamespace(max_completion_length=4), accelerator=accelerator)
+    answers = {"stop": False, "batches": 0}
+
+    def generate(prompts, desc):
+        answers["batches"] += 1
+        answers["stop"] = True  # the signal arrives during the first batch
+        return ["x"] * len(prompts)
+
+    callback = ValidationCallback(
+        trainer, {"val": Dataset.from_list(rows)}, eval_steps=1, select_on="val", batch_size=2,
+        stop_requested=lambda: answers["stop"],
+    )  # fmt: skip
+    monkeypatch.setattr(callback, "_greedy_transformers_generator", lambda: contextlib.nullcontext(generate))
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    state = SimpleNamespace(global_step=1, is_world_process_zero=True)
+    callback.on_step_end(args, state, None)
+    assert answers["batches"] == 1 and callback.history == []  # gave up after 1 of 4 batches, nothing recorded
+    callback.on_step_end(args, state, None)
+    assert answers["batches"] == 1 and not (tmp_path / "validation.jsonl").exists()  # skipped
