@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+        _end(trainer)
         return STOP_EXIT_CODE
 
     # save, model card, push
@@ -336,9 +337,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"asym-trl train: error: {e}", file=sys.stderr)
                 status = 1
     trainer.accelerator.wait_for_everyone()
+    _end(trainer)
+    return status
+
+
+def _end(trainer) -> None:
     if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers, destroy the process group
         trainer.end()
-    return status
 
 
 def _failed(trainer, error: Exception, resume: str) -> int:

@@ -293,3 +293,22 @@ def test_validation_gives_up_between_batches_when_a_stop_is_requested(tmp_path, 
     assert answers["batches"] == 1 and callback.history == []  # gave up after 1 of 4 batches, nothing recorded
     callback.on_step_end(args, state, None)
     assert answers["batches"] == 1 and not (tmp_path / "validation.jsonl").exists()  # skipped
+
+
+def test_with_two_steps_per_generation_the_stop_waits_for_the_generation_batch_to_end(
+    tiny_model_path, tmp_path, capsys
+):
+    """steps_per_generation=2, one micro-batch per optimizer step: a generation feeds optimizer steps 3 and 4. A
+    SIGTERM during its generation (reward call 2) stops after step 4, not 3 (TRL would generate again after a
+    resume at 3); the resume ends with the straight run's weights."""
+    two = ["--steps_per_generation", "2"]
+    assert main(args(tiny_model_path, tmp_path / "straight", *two)) == 0
+    os.environ.update(STOP_TEST_SIGNAL="SIGTERM", STOP_TEST_SIGNAL_CALL="2")
+    stop_rewards.CALLS["n"] = 0
+    capsys.readouterr()
+    assert main(args(tiny_model_path, tmp_path / "out", *two)) == STOP_EXIT_CODE  # the signal is sent to pytest
+    match = STOP_LINE.match(capsys.readouterr().err.strip().splitlines()[-1])
+    assert match and match.group(1) == "SIGTERM" and match.group(2) == "4"
+    os.environ["STOP_TEST_SIGNAL"] = ""
+    assert main(args(tiny_model_path, tmp_path / "out", *two)) == 0
+    assert_same_weights(tmp_path / "out", tmp_path / "straight")
