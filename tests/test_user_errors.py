@@ -69,6 +69,8 @@ TRAIN_CASES = [
      "dataset_name: cannot import dataset factory 'asym_trl.apps.tiny:nope'"),
     ("no-steps", lambda m, o, t: ["--config", CPU_RECIPE, "--max_steps", "-1", "--num_train_epochs", "0"],
      "invalid AsymGRPOConfig: max_steps=-1 and num_train_epochs=0.0: this run has no training steps"),
+    ("empty-dataset", lambda m, o, t: ["--config", CPU_RECIPE, "--dataset_name", f"{REWARDS}:empty_dataset"],
+     f"dataset_name='{REWARDS}:empty_dataset' has no rows: this run has nothing to train on"),
     ("epsilon-high-below-epsilon", lambda m, o, t: ["--config", CPU_RECIPE, "--epsilon_high", "0.1"],
      "invalid AsymGRPOConfig: epsilon_high=0.1 is below epsilon=0.2"),
     ("unknown-stop-signal", lambda m, o, t: ["--config", CPU_RECIPE, "--stop_signals", "SIGTERM,SIGFOO"],

@@ -58,3 +58,10 @@ def string_reward(completions, **kwargs):
 
 def none_reward(completions, **kwargs):
     return [None for _ in completions]
+
+
+def empty_dataset():
+    """A training-set factory that returns no rows."""
+    from datasets import Dataset
+
+    return Dataset.from_list([])
