@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
+
+from .errors import OneLineParser
 
 # name -> (module with a main(argv) function, one-line help). Add a line to add a command.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -22,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="asym-trl", description="AsymGRPO on Hugging Face TRL")
+    parser = OneLineParser(prog="asym-trl", description="AsymGRPO on Hugging Face TRL")
     parser.add_argument(
         "command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items())
     )

@@ -13,6 +13,7 @@ from .vllm_sync import WEIGHT_SYNC_MODES, validate_weight_sync
 from .weight_check import SYNC_CHECK_MODES
 
 ENTROPY_SCOPES = ("all", "positive", "negative")
+REWARD_FAILURE_POLICIES = ("raise", "unscorable")
 DYNAMIC_SAMPLING_PROMPTS = ("new", "same")
 
 
@@ -121,6 +122,26 @@ class AsymGRPOConfig(GRPOConfig):
             each zero-signal group replaced by an informative group of its own prompt.
         dynamic_sampling_max_generations (`int`, *optional*, defaults to `3`):
             Most generations (the first included) per generation batch under `dynamic_sampling`.
+        stop_signals (`str`, *optional*, defaults to `"SIGTERM,SIGINT,SIGUSR1"`):
+            Signals that stop training gracefully (comma-separated; `""`: none): the run stops at the next point where
+            a resume is exact, writes a full checkpoint, and `asym-trl train` exits with code 75; a second signal of
+            the same kind exits at once. With several processes every rank stops at the same step even when one rank
+            alone got the signal (`docs/stopping.md`).
+        stop_timeout (`float`, *optional*, defaults to `600`):
+            Seconds after a stop signal within which the run must reach its checkpoint; past it the process exits
+            (code 75) without one, and a resume starts from the last complete checkpoint. 0: no bound.
+        crash_checkpoint (`bool`, *optional*, defaults to `True`):
+            When a training step raises (a reward function, the verifier, the generation server), checkpoint the last
+            completed optimizer step before the error propagates. One process only (with several, a rank that fails
+            cannot run the save's collectives: the periodic checkpoints are the fallback).
+        reward_failure_policy (`str`, *optional*, defaults to `"raise"`):
+            What a reward function that raises does: `"raise"` stops the run (after the crash checkpoint);
+            `"unscorable"` (for flaky external graders) scores the batch again one completion at a time and gives the
+            completions whose call still fails the reward `None` (unscorable: advantage 0), logged as
+            `reward_failures/<function>`. Rewards of the wrong type (not a number or `None`) always stop the run.
+        max_reward_failure_fraction (`float`, *optional*, defaults to `0.1`):
+            Under `reward_failure_policy="unscorable"`, the largest share of a batch's completions (per reward
+            function and process) whose reward call may fail; above it the run stops with an error.
 
     Clip-higher is TRL's `epsilon_high`, the entropy bonus TRL's `entropy_coef`, token-level aggregation TRL's
     `loss_type="dapo"` (the default): they are used as they are. `scale_rewards="batch"` normalises TRL's own
@@ -201,11 +222,58 @@ class AsymGRPOConfig(GRPOConfig):
         default=3, metadata={"help": "Most generations per generation batch under dynamic_sampling."}
     )
 
+    stop_signals: str = field(
+        default="SIGTERM,SIGINT,SIGUSR1",
+        metadata={"help": "Signals that stop training gracefully with a checkpoint (comma-separated; '' = none)."},
+    )
+    stop_timeout: float = field(
+        default=600.0, metadata={"help": "Seconds after a stop signal before exiting without a checkpoint (0 = off)."}
+    )
+    crash_checkpoint: bool = field(
+        default=True, metadata={"help": "Checkpoint the last completed step when a training step raises."}
+    )
+    reward_failure_policy: str = field(
+        default="raise",
+        metadata={
+            "help": "A reward function that raises: stop ('raise') or mark its completions unscorable.",
+            "choices": list(REWARD_FAILURE_POLICIES),
+        },
+    )
+    max_reward_failure_fraction: float = field(
+        default=0.1, metadata={"help": "Largest share of a batch whose reward call may fail ('unscorable' policy)."}
+    )
+
     def __post_init__(self):
         super().__post_init__()  # TRL's own checks first: ours never mask them
+        self._validate_run_length()
         self._validate_estimator()
         self._validate_against_grpo()
         validate_weight_sync(self)
+
+    def _validate_run_length(self):
+        """Refuse a run that would train nothing and the settings of how a run stops that cannot work."""
+        from .graceful_stop import parse_signals  # ValueError naming an unknown signal
+
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError(
+                f"max_steps={self.max_steps} and num_train_epochs={self.num_train_epochs}: this run has no training "
+                "steps; set max_steps > 0 or num_train_epochs > 0"
+            )
+        parse_signals(self.stop_signals)
+        if not (math.isfinite(self.stop_timeout) and self.stop_timeout >= 0):
+            raise ValueError(f"stop_timeout={self.stop_timeout} must be a number of seconds >= 0 (0 = no bound)")
+        if self.reward_failure_policy not in REWARD_FAILURE_POLICIES:
+            raise ValueError(
+                f"reward_failure_policy={self.reward_failure_policy!r} is unknown; choose one of "
+                f"{list(REWARD_FAILURE_POLICIES)}"
+            )
+        if not 0 <= self.max_reward_failure_fraction <= 1:
+            raise ValueError(f"max_reward_failure_fraction={self.max_reward_failure_fraction} must be in [0, 1]")
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon and self.loss_type != "cispo":
+            raise ValueError(  # cispo's epsilon_high is a cap on the ratio itself, not a clip range
+                f"epsilon_high={self.epsilon_high} is below epsilon={self.epsilon}: clip-higher widens the upper clip "
+                "range (DAPO: epsilon=0.2, epsilon_high=0.28); set epsilon_high >= epsilon or leave it unset"
+            )
 
     def _validate_estimator(self):
         est = get_estimator(self.advantage_estimator)  # ValueError naming the choices for an unknown one

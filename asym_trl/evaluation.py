@@ -19,13 +19,13 @@ completion with its verdict) under ``--output-dir``.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .data import BENCHMARKS, load_benchmark
+from .errors import OneLineParser, UsageError, one_line_errors
 from .generation import (
     EvalSampling,
     Generator,
@@ -217,7 +217,7 @@ def markdown_table(rows: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="asym-trl eval",
         description="Avg@k on MATH-500, AIME24, AIME25, AMC23 and OlympiadBench (paper defaults), or combine results.",
     )
@@ -250,6 +250,14 @@ def _parse_args(argv):
     return args
 
 
+def _read_results(path: str) -> dict:
+    try:
+        result = json.loads(Path(path).read_text())
+        return {"label": result["label"], "benchmarks": result["benchmarks"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"--table {path}: not a results.json of asym-trl eval ({type(e).__name__}: {e})") from e
+
+
 def _local_copy(name: str, args) -> Path | None:
     explicit = dict(item.split("=", 1) for item in args.data_files)
     if name in explicit:
@@ -261,12 +269,13 @@ def _local_copy(name: str, args) -> Path | None:
     return None
 
 
+@one_line_errors("eval")
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.table:
         rows = {}
         for path in args.table:
-            result = json.loads(Path(path).read_text())
+            result = _read_results(path)
             rows[result["label"]] = {b: r["avg_at_k"] for b, r in result["benchmarks"].items()}
         print(markdown_table(rows), end="")
         return 0
@@ -274,10 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     benchmarks = {}
     for name in (n.strip() for n in args.benchmarks.split(",") if n.strip()):
         common = dict(instruction=args.instruction, limit=args.limit)
-        if name in BENCHMARKS:
-            benchmarks[name] = load_benchmark(name, data_files=_local_copy(name, args), **common)
-        else:  # a local file in the usual layout, named by its stem
-            benchmarks[Path(name).stem] = load_benchmark(name, **common)
+        try:
+            if name in BENCHMARKS:
+                benchmarks[name] = load_benchmark(name, data_files=_local_copy(name, args), **common)
+            else:  # a local file in the usual layout, named by its stem
+                benchmarks[Path(name).stem] = load_benchmark(name, **common)
+        except (ValueError, FileNotFoundError) as e:  # an unknown benchmark, a missing or empty local copy
+            raise UsageError(str(e)) from e
     template_kwargs = {"enable_thinking": args.enable_thinking}
     if args.backend == "server":
         generate = OpenAIServerGenerator(args.server_url, model=args.model, chat_template_kwargs=template_kwargs)

@@ -13,7 +13,6 @@ run's records, never the `checkpoint-*` folders; when it cannot happen (offline,
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -21,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .errors import OneLineParser, UsageError, one_line_errors
 from .estimators import get_estimator
 from .recipes import RESOLVED_RECIPE_FILE, load_recipe, parse_args
 
@@ -264,8 +264,9 @@ def files_to_push(output_dir: str | Path) -> dict[str, Path]:
     return files
 
 
+@one_line_errors("push")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="asym-trl push", description="Write the model card of a run and push it.")
+    parser = OneLineParser(prog="asym-trl push", description="Write the model card of a run and push it.")
     parser.add_argument("output_dir", help="run directory written by `asym-trl train`")
     parser.add_argument("--hub_model_id", "--hub-model-id", help="user/name (default: the recipe's hub_model_id)")
     parser.add_argument("--eval_results", "--eval-results", help="JSON {benchmark: score or {metric: score}}")
@@ -281,9 +282,11 @@ def main(argv: list[str] | None = None) -> int:
             "hub_model_id"
         )
         print(f"pushed to {push_run(opts.output_dir, hub_model_id, private=opts.private or None)}")
-    except (HubPushError, FileNotFoundError, ValueError) as e:
+    except HubPushError as e:  # the Hub refused or cannot be reached: exit 1, the run is unchanged
         print(f"asym-trl push: error: {e}", file=sys.stderr)
         return 1
+    except (FileNotFoundError, ValueError) as e:  # not a run directory, a bad results file
+        raise UsageError(str(e)) from e
     return 0
 
 

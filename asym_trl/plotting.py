@@ -23,11 +23,12 @@ written by :class:`asym_trl.AsymGRPOTrainer` (see ``docs/diagnostics.md``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+
+from .errors import OneLineParser, UsageError, one_line_errors
 
 __all__ = ["PANELS", "ema", "load_log_history", "make_figure", "plot_quickstart", "plot_runs", "rollout_axis", "main"]
 
@@ -308,8 +309,9 @@ def plot_quickstart(run_dir: str | Path) -> Path:
     return path
 
 
+@one_line_errors("plot")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="asym-trl plot", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="asym-trl plot", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run output directories (or trainer_state.json files)")
     parser.add_argument("--output", "-o", help="PNG path (default: <first run>/diagnostics.png)")
     parser.add_argument("--labels", nargs="+", help="one legend label per run (default: directory names)")
@@ -320,7 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     if opts.labels is not None and len(opts.labels) != len(opts.runs):
         parser.error(f"--labels needs one label per run ({len(opts.runs)}), got {len(opts.labels)}")
-    print(plot_runs(opts.runs, opts.output, opts.labels, opts.smooth, opts.ema))
+    try:
+        print(plot_runs(opts.runs, opts.output, opts.labels, opts.smooth, opts.ema))
+    except (FileNotFoundError, ValueError) as e:  # a run that is not there, or has no log history
+        raise UsageError(str(e)) from e
     return 0
 
 

@@ -30,11 +30,12 @@ from trl import ModelConfig, TrlParser
 from trl import ScriptArguments as TrlScriptArguments
 
 from .config import AsymGRPOConfig
+from .errors import OneLineParser, UsageError
 
 RESOLVED_RECIPE_FILE = "recipe.yaml"  # written to output_dir: the run's recipe, loadable with --config
 
 
-class RecipeError(ValueError):
+class RecipeError(UsageError):
     """A recipe (or command line) that cannot be trained: the message names the key."""
 
 
@@ -119,8 +120,7 @@ def _load_recipe(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if not path.is_file():
         where = f" (base of {chain[-1]})" if chain else ""
         raise RecipeError(f"recipe file {path} does not exist{where}")
-    with open(path) as f:
-        recipe = yaml.safe_load(f) or {}
+    recipe = read_yaml(path) or {}
     if not isinstance(recipe, dict):
         raise RecipeError(f"recipe {path} must be a YAML mapping of keys to values, got {type(recipe).__name__}")
     for key in ("base", "env"):
@@ -138,8 +138,25 @@ def _load_recipe(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     return merged
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; a syntax error is a `RecipeError` with the file, line and column."""
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise RecipeError(f"recipe {path}: invalid YAML{where}: {e.problem or e.context}") from e
+    except yaml.YAMLError as e:
+        raise RecipeError(f"recipe {path}: invalid YAML: {e}") from e
+
+
+class RecipeParser(OneLineParser, TrlParser):
+    """TRL's parser of the three dataclasses, answering a bad flag in one line."""
+
+
 def make_parser() -> TrlParser:
-    return TrlParser((ScriptArguments, AsymGRPOConfig, ModelConfig), prog="asym-trl train")
+    return RecipeParser((ScriptArguments, AsymGRPOConfig, ModelConfig), prog="asym-trl train")
 
 
 def _options_by_key(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

@@ -88,12 +88,20 @@ class SuccessRule:
 
 
 class DegenerateWatch:
-    """Warns when every advantage of ``DEGENERATE_BATCHES`` generation batches in a row is 0 (nothing trains)."""
+    """Warns when every advantage of ``DEGENERATE_BATCHES`` generation batches in a row is 0 (nothing trains), and at
+    the first batch whose rewards are all unscorable (every reward function returned ``None``)."""
 
     def __init__(self, rule: SuccessRule):
-        self.rule, self.in_a_row = rule, 0
+        self.rule, self.in_a_row, self.warned_unscorable = rule, 0, False
 
-    def update(self, advantages: torch.Tensor) -> None:
+    def update(self, advantages: torch.Tensor, rewards: torch.Tensor | None = None) -> None:
+        if rewards is not None and not self.warned_unscorable and bool(torch.isnan(rewards).all()):
+            self.warned_unscorable = True
+            warnings.warn(
+                f"!!! every reward of this generation batch is None (unscorable; reward functions {self.rule.names}):"
+                " the batch trains nothing. Check that the reward functions can score these completions !!!",
+                stacklevel=3,
+            )
         self.in_a_row = self.in_a_row + 1 if bool((advantages == 0).all()) else 0
         if self.in_a_row == DEGENERATE_BATCHES:
             warnings.warn(

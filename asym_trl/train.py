@@ -7,8 +7,11 @@
 
 The recipe format, its checks and the batch arithmetic are `asym_trl.recipes`.  What `main()` does, in order:
 1. Resolve and check the recipe (`asym_trl.recipes.parse_args`): an unknown key or a bad value stops here, naming
-   the key, before anything heavy is imported or loaded.  `--dry-run`: print the resolved recipe and the batch
-   arithmetic (prompts per rollout step, completions per optimizer step, optimizer steps per generation) and exit.
+   the key, before anything heavy is imported or loaded; then what the run needs is found without loading it
+   (`asym_trl.preflight`: reward functions, datasets, the model's config, a writable `output_dir`).  `--dry-run`:
+   print the resolved recipe, what it found and the batch arithmetic (prompts per rollout step, completions per
+   optimizer step, optimizer steps per generation) and exit.  Every user mistake is one line
+   `asym-trl train: error: ...` and exit code 2 (`asym_trl.errors`; `ASYM_TRL_DEBUG=1` shows the traceback).
 2. Model: `model_name_or_path` with the recipe's dtype / quantization / LoRA (TRL's `get_quantization_config`,
    `get_peft_config`).  QLoRA is `load_in_4bit: true` + `use_peft: true`; where bitsandbytes cannot run (not
    installed, no CUDA GPU) the launch stops here with the cause and the fix, before any model is loaded.
@@ -16,7 +19,9 @@ The recipe format, its checks and the batch arithmetic are `asym_trl.recipes`.  
 4. Rewards: `asym_trl.rewards.REWARD_FUNCS` names, or `module:function`.
 5. Trainer: `AsymGRPOTrainer`, validating greedily every `validation_steps` and keeping the best model in
    `output_dir/best` (`asym_trl.validation`).
-6. Train, resuming from the last checkpoint in `output_dir` (or `resume_from_checkpoint`).
+6. Train, resuming from the newest complete checkpoint in `output_dir` (or `resume_from_checkpoint`).  A stop
+   signal (SIGTERM, SIGINT, SIGUSR1) checkpoints and exits with code 75; a step that raises checkpoints the last
+   completed step first (`docs/stopping.md`).
 7. Save, write the model card, and push once to `hub_model_id` when `push_to_hub: true` (see `asym_trl.hub`; TRL's
    per-checkpoint pushes are not used).
 """
@@ -27,13 +32,19 @@ import importlib
 import importlib.util
 import logging
 import os
+import shlex
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .config import AsymGRPOConfig
+from .errors import one_line_errors
+from .graceful_stop import STOP_EXIT_CODE
+from .preflight import check_model, check_output_dir, locate_datasets
+from .quiet_logs import show_once
 from .recipes import (
     RESOLVED_RECIPE_FILE,
     RecipeError,
@@ -48,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------- data and rewards
-def _import_object(spec: str, what: str, key: str) -> Any:
+def import_object(spec: str, what: str, key: str) -> Any:
     module_name, _, attr = spec.partition(":")
     try:
         return getattr(importlib.import_module(module_name), attr)
@@ -61,7 +72,7 @@ def load_reward_funcs(names: list[str]) -> list:
     funcs = []
     for name in names:
         if ":" in name:
-            funcs.append(_import_object(name, "reward function", "reward_funcs"))
+            funcs.append(import_object(name, "reward function", "reward_funcs"))
             continue
         from .rewards import REWARD_FUNCS
 
@@ -73,19 +84,20 @@ def load_reward_funcs(names: list[str]) -> list:
 
 def load_datasets(script_args: ScriptArguments):
     """The training set and the validation benchmarks (`{name: dataset}`, empty without validation)."""
-    if script_args.dataset_name is None:
-        raise RecipeError("dataset_name is not set: give a registered name, a local file or module:function")
+    locate_datasets(script_args)
     from .data import load_benchmark, load_train_dataset
 
     name = script_args.dataset_name
     prompt = {"instruction": script_args.dataset_instruction, "system_prompt": script_args.dataset_system_prompt}
     prompt = {k: v for k, v in prompt.items() if v is not None}  # None: asym_trl.data's defaults
     if ":" in name and not Path(name).exists():
-        train = _import_object(name, "dataset factory", "dataset_name")()
+        train = import_object(name, "dataset factory", "dataset_name")()
     else:
         split, data_files = script_args.dataset_train_split, script_args.dataset_data_files
         train = load_train_dataset(name, split=split, data_files=data_files, **prompt)
     validation = {Path(b).stem: load_benchmark(b, **prompt) for b in script_args.validation_benchmarks}
+    if len(train) == 0:
+        raise RecipeError(f"dataset_name={name!r} has no rows: this run has nothing to train on")
     if validation and script_args.validation_select_on not in validation:
         raise RecipeError(
             f"validation_select_on={script_args.validation_select_on!r} is not one of validation_benchmarks "
@@ -94,20 +106,16 @@ def load_datasets(script_args: ScriptArguments):
     return train, validation
 
 
-def last_checkpoint(training_args: AsymGRPOConfig) -> str | None:
-    """`resume_from_checkpoint` when given, else the newest `checkpoint-N` in `output_dir` (None: start fresh)."""
-    if training_args.resume_from_checkpoint is not None:
-        return training_args.resume_from_checkpoint
-    if not os.path.isdir(training_args.output_dir):
-        return None
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(training_args.output_dir)
+def resume_command(argv: list[str], world_size: int) -> str:
+    """The command that resumes this run: the same one (it resumes from the newest complete checkpoint)."""
+    command = f"asym-trl train {shlex.join(argv)}"
+    return command if world_size == 1 else f"the same launch ({world_size} processes) of {command}"
 
 
 # ------------------------------------------------------------------------------------------------------- main
-def _error(message: str) -> int:
-    print(f"asym-trl train: error: {message}", file=sys.stderr)
+def _error(message: str, after_progress_bar: bool = False) -> int:
+    """One line on stderr (on a line of its own when a progress bar may be mid-line); exit code 2."""
+    print(f"{chr(10) if after_progress_bar else ''}asym-trl train: error: {message}", file=sys.stderr, flush=True)
     return 2
 
 
@@ -189,13 +197,15 @@ def describe_model(model_args) -> str:
     return f"{base} + {adapters}" + (" (QLoRA)" if quant is not None and peft is not None else "")
 
 
-def _print_dry_run(resolved: dict[str, Any], training_args: AsymGRPOConfig, model_args, plan) -> None:
+def _print_dry_run(resolved: dict[str, Any], training_args: AsymGRPOConfig, model_args, plan, found) -> None:
     print("# resolved recipe (recipe + command line, defaults omitted)")
     print(yaml.safe_dump(resolved, sort_keys=True, default_flow_style=None).rstrip())
     ta = training_args
     params = ", ".join(f"{name}={value}" for name, value in ta.estimator_params.items())
     print(f"# advantage estimator: {ta.advantage_estimator} ({params}), loss_type={ta.loss_type}")
     print(f"# model: {describe_model(model_args)}")
+    for line in found:
+        print(f"# found {line}")
     if (message := quantization_error(model_args, training_args)) is not None:
         print(f"# note: a launch here would stop: {message}")
     print(describe_plan(plan, training_args))
@@ -223,32 +233,44 @@ def _write_resolved_recipe(output_dir: str, resolved: dict[str, Any], argv: list
         yaml.safe_dump(resolved, f, sort_keys=True)
 
 
+def _resolve(script_args: ScriptArguments, training_args: AsymGRPOConfig, model_args) -> tuple[list, list[str]]:
+    """Everything a run needs, found without loading weights or data: the reward functions, and one line each for
+    the datasets and the model (`RecipeError` naming what is missing); the output directory must be writable."""
+    reward_funcs = load_reward_funcs(script_args.reward_funcs)
+    try:
+        training_args.check_success_rule(len(reward_funcs))
+    except ValueError as e:
+        raise RecipeError(str(e)) from e
+    found = locate_datasets(script_args)
+    if model_args.model_name_or_path is not None:
+        found.append(f"model: {check_model(model_args.model_name_or_path)}")
+    check_output_dir(training_args.output_dir)
+    return reward_funcs, found
+
+
+@one_line_errors("train")
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        script_args, training_args, model_args, resolved = parse_args(argv)
-        plan = plan_for(training_args, resolved, script_args.num_processes or training_args.world_size)
-    except RecipeError as e:
-        return _error(str(e))
-    if script_args.dry_run:
-        _print_dry_run(resolved, training_args, model_args, plan)
-        return 0
-    if (message := _launch_error(script_args, training_args, model_args)) is not None:
+    show_once()  # upstream deprecations: once per run, not at every step
+    script_args, training_args, model_args, resolved = parse_args(argv)
+    plan = plan_for(training_args, resolved, script_args.num_processes or training_args.world_size)
+    if not script_args.dry_run and (message := _launch_error(script_args, training_args, model_args)) is not None:
         return _error(message)
+    reward_funcs, found = _resolve(script_args, training_args, model_args)
+    if script_args.dry_run:
+        _print_dry_run(resolved, training_args, model_args, plan, found)
+        return 0
 
     from trl import get_peft_config
 
     from . import hub
     from .trainer import AsymGRPOTrainer
 
-    # model
+    # model, data and rewards
     training_args.model_init_kwargs = _model_init_kwargs(model_args, training_args)
-    # data and rewards
     try:
-        reward_funcs = load_reward_funcs(script_args.reward_funcs)
-        training_args.check_success_rule(len(reward_funcs))
         train_dataset, validation = load_datasets(script_args)
-    except (RecipeError, ValueError, FileNotFoundError) as e:  # asym_trl.data names the dataset it cannot load
+    except (ValueError, FileNotFoundError) as e:  # asym_trl.data names the dataset it cannot load
         return _error(str(e))
     push = training_args.push_to_hub
     training_args.push_to_hub = False  # asym_trl.hub pushes once at the end, with its own model card
@@ -273,17 +295,34 @@ def main(argv: list[str] | None = None) -> int:
                 eval_steps=script_args.validation_steps,
                 select_on=script_args.validation_select_on,
                 batch_size=script_args.validation_batch_size,
+                stop_requested=trainer.graceful_stop.requested,
             )
         )
     if trainer.accelerator.is_main_process:
         _write_resolved_recipe(training_args.output_dir, resolved, argv)
     trainer.accelerator.print(describe_plan(plan, training_args))
 
-    # train
-    checkpoint = last_checkpoint(training_args)
+    # train: from the newest complete checkpoint; a stop signal or a failing step checkpoints and exits
+    checkpoint = training_args.resume_from_checkpoint or trainer.newest_checkpoint()
     if checkpoint is not None:
         trainer.accelerator.print(f"resuming from {checkpoint}")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    resume = resume_command(argv, trainer.accelerator.num_processes)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except Exception as e:
+        return _failed(trainer, e, resume)
+    stop = trainer.graceful_stop
+    if stop.stop_step is not None:
+        trainer.accelerator.wait_for_everyone()
+        if trainer.accelerator.is_main_process:
+            print(
+                f"asym-trl train: stopped by {stop.signal_name} at step {stop.stop_step}; checkpoint "
+                f"{Path(training_args.output_dir) / f'checkpoint-{stop.stop_step}'}; resume with: {resume}",
+                file=sys.stderr,
+                flush=True,
+            )
+        _end(trainer)
+        return STOP_EXIT_CODE
 
     # save, model card, push
     trainer.save_model(training_args.output_dir)
@@ -298,9 +337,36 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"asym-trl train: error: {e}", file=sys.stderr)
                 status = 1
     trainer.accelerator.wait_for_everyone()
+    _end(trainer)
+    return status
+
+
+def _end(trainer) -> None:
     if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers, destroy the process group
         trainer.end()
-    return status
+
+
+def _failed(trainer, error: Exception, resume: str) -> int:
+    """A training step raised: the traceback, then one line saying what failed and where to resume from."""
+    from .errors import UsageError, debugging
+
+    step = trainer.state.global_step
+    if isinstance(error, UsageError) and not debugging():  # e.g. a reward function returning strings
+        where = f"; checkpoint {trainer.crash_checkpoint_dir}" if trainer.crash_checkpoint_dir else ""
+        return _error(f"{error} (at step {step + 1}{where})", after_progress_bar=True)
+    traceback.print_exception(error)
+    if trainer.crash_checkpoint_dir is not None:
+        saved = f"step {step} is checkpointed in {trainer.crash_checkpoint_dir}; resume with: {resume}"
+    elif trainer.crash_checkpoint is None:
+        saved = f"no crash checkpoint (several processes, or crash_checkpoint off); resume with: {resume}"
+    else:
+        saved = "no optimizer step had completed: nothing to checkpoint"
+    print(
+        f"\nasym-trl train: step {step + 1} failed: {type(error).__name__}: {' '.join(str(error).split())}; {saved}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 1
 
 
 if __name__ == "__main__":

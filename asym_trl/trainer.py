@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import torch
 
 from .advantages import entropy_shaped_advantages
+from .checkpoints import CheckpointPublisher, CrashCheckpoint, newest_complete_checkpoint
 from .config import AsymGRPOConfig
 from .dynamic_sampling import DynamicSampler
 from .estimators import get_estimator
+from .graceful_stop import GracefulStop, StopSignals, parse_signals
 from .group_diagnostics import GroupDiagnostics
+from .reward_guard import guard_reward_funcs
 from .success import DegenerateWatch, SuccessRule
-from .trl_compat import GRPOHooks, TokenStats, disable_entropy_bonus, replace_logged_advantages
+from .trl_compat import GRPOHooks, TokenStats, disable_entropy_bonus, micro_step, replace_logged_advantages
 from .vllm_sync import GuardedVLLMGeneration, vllm_generation_class
 from .zero_signal import ZeroSignalSkip
 
@@ -42,6 +46,11 @@ class AsymGRPOTrainer(GRPOHooks):
        micro-batch's normaliser (:mod:`asym_trl.zero_signal`).
     7. **Dynamic sampling** (``dynamic_sampling``): zero-signal groups are replaced by informative groups generated
        again, from new training prompts or the same ones, up to a cap (:mod:`asym_trl.dynamic_sampling`).
+    8. **How a run stops** (``docs/stopping.md``): reward functions are checked and may fail as
+       ``reward_failure_policy`` says (:mod:`asym_trl.reward_guard`); during :meth:`train` a stop signal ends training
+       with a checkpoint at the next exact resume point (:mod:`asym_trl.graceful_stop`), a step that raises first
+       checkpoints the last completed step (one process), checkpoints are published complete, and
+       ``resume_from_checkpoint=True`` takes the newest complete one (:mod:`asym_trl.checkpoints`).
 
     How they reach TRL's private methods (pinned to trl 1.16.0) is :mod:`asym_trl.trl_compat`.
     """
@@ -65,6 +74,7 @@ class AsymGRPOTrainer(GRPOHooks):
             args = AsymGRPOConfig(f"{str(name).split('/')[-1]}-AsymGRPO")
         if not isinstance(args, AsymGRPOConfig):
             raise TypeError(f"AsymGRPOTrainer needs args=AsymGRPOConfig(...), got {type(args).__name__}")
+        reward_funcs = guard_reward_funcs(reward_funcs, args.reward_failure_policy, args.max_reward_failure_fraction)
         with vllm_generation_class(args):
             super().__init__(model, reward_funcs, args, *more, **kwargs)  # TRL's checks first: ours never mask them
         args.check_success_rule(len(self.reward_funcs))  # environment rewards included
@@ -81,11 +91,46 @@ class AsymGRPOTrainer(GRPOHooks):
             self.add_callback(self.diagnostics)
         self.zero_signal = ZeroSignalSkip(self)
         self.dynamic_sampling = DynamicSampler(self) if args.dynamic_sampling else None
+        # how a run stops: after every callback above, the publisher last (it marks each checkpoint complete)
+        single = self.accelerator.num_processes == 1
+        self.crash_checkpoint = CrashCheckpoint(self) if args.crash_checkpoint and single else None
+        if self.crash_checkpoint is not None:
+            self.add_callback(self.crash_checkpoint)
+        signals = StopSignals(parse_signals(args.stop_signals), args.stop_timeout)
+        self.graceful_stop = GracefulStop(signals, self._next_step_generates, self.accelerator.device)
+        self.add_callback(self.graceful_stop)
+        self.add_callback(CheckpointPublisher(self.accelerator))
+        self.crash_checkpoint_dir = None  # set when a step raised and the last completed step was checkpointed
 
     def train(self, resume_from_checkpoint=None, *more, **kwargs):
+        if resume_from_checkpoint is True:  # the newest *complete* checkpoint (HF would take the newest)
+            resume_from_checkpoint = self.newest_checkpoint()
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} has no complete checkpoint")
         if self.diagnostics is not None:
             self.diagnostics.resume_from(resume_from_checkpoint)  # the state that spans steps, from the checkpoint
-        return super().train(resume_from_checkpoint, *more, **kwargs)
+        with self.graceful_stop.signals:
+            try:
+                return super().train(resume_from_checkpoint, *more, **kwargs)
+            except Exception:
+                if self.crash_checkpoint is not None:
+                    self.crash_checkpoint_dir = self.crash_checkpoint.save()
+                raise
+            finally:
+                self.graceful_stop.done()
+
+    def newest_checkpoint(self) -> str | None:
+        """The newest complete checkpoint of ``output_dir``; the newer incomplete ones are reported as skipped."""
+        checkpoint, skipped = newest_complete_checkpoint(self.args.output_dir)
+        if self.accelerator.is_main_process:
+            for path, reason in skipped:
+                print(f"asym-trl: skipping {path}: {reason}", file=sys.stderr)
+        return checkpoint
+
+    def _next_step_generates(self) -> bool:
+        """Whether TRL's next training micro-step starts a new generation batch: only then is a resume exact (TRL
+        generates again after a resume)."""
+        return micro_step(self) % (self.args.steps_per_generation * self.num_iterations) == 0
 
     # ----------------------------------------------------------------- 1. advantages
     def rescore(self, output, inputs, rewards_per_func):
@@ -95,7 +140,7 @@ class AsymGRPOTrainer(GRPOHooks):
         advantages = self.estimator(rewards.view(-1, num_generations), **self.args.estimator_params).reshape(-1)
         success = self.success_rule.success(rewards)
         if mode == "train":
-            self._degenerate.update(advantages)
+            self._degenerate.update(advantages, rewards)
             if self.dynamic_sampling is not None:
                 self.dynamic_sampling.observe(advantages, success, ~torch.isnan(rewards))
 

@@ -20,7 +20,8 @@ methods and attributes must be used.  They are used here only, and turned into p
 * attributes: the metrics buffer ``_metrics``, the completions table ``_logs``, the entropy-bonus switch
   ``_entropy_bonus_enabled`` (:func:`entropy_bonus_enabled`), the micro-step counter ``_step``, the buffer of
   micro-batches ``_buffered_inputs``, the vLLM sync tag
-  ``_last_loaded_step``, the FSDP helper ``_dist``; ``VLLMGeneration`` (its ``_init_vllm`` / ``_iter_named_params``
+  ``_last_loaded_step``, the FSDP helper ``_dist``; the Trainer's checkpoint writer ``_save_checkpoint``
+  (:func:`save_checkpoint`, for the crash checkpoint); ``VLLMGeneration`` (its ``_init_vllm`` / ``_iter_named_params``
   and sampling attributes) and the module-level ``trl.trainer.grpo_trainer.VLLMGeneration`` that
   ``GRPOTrainer.__init__`` instantiates.
 """
@@ -50,6 +51,7 @@ __all__ = [
     "micro_step",
     "pad_token_id",
     "replace_logged_advantages",
+    "save_checkpoint",
     "set_last_loaded_step",
     "swap_vllm_generation",
 ]
@@ -235,6 +237,12 @@ def pad_token_id(trainer) -> int:
 def micro_step(trainer) -> int:
     """TRL's count of micro-batches processed (it decides when to generate)."""
     return trainer._step
+
+
+def save_checkpoint(trainer) -> None:
+    """Write ``checkpoint-<global_step>`` as the Trainer does at ``save_steps`` (model, optimizer, scheduler, RNG,
+    trainer state; TRL adds its model card); the ``on_save`` callbacks are the caller's to run."""
+    trainer._save_checkpoint(trainer.model_wrapped, trial=None)
 
 
 def last_loaded_step(trainer) -> int:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -35,6 +35,10 @@ from .rewards import score_completions
 from .trl_compat import fsdp_helper, greedy_vllm_sampling, last_loaded_step, metrics, set_last_loaded_step
 
 __all__ = ["ValidationCallback", "select_best"]
+
+
+class ValidationStopped(Exception):
+    """A stop signal came during a validation pass: the pass is given up."""
 
 
 def select_best(history: Sequence[tuple[int, float]]) -> tuple[int, float] | None:
@@ -60,6 +64,8 @@ class ValidationCallback(TrainerCallback):
         max_new_tokens: completion budget (default: the trainer's ``max_completion_length``).
         batch_size: prompts per ``model.generate`` call on each process (vLLM takes each benchmark in one call).
         save_best: save the best model to ``<output_dir>/best``.
+        stop_requested: a collective ``() -> bool`` (``GracefulStop.requested``): when it says a stop signal came,
+            the validation pass is skipped, or given up between generation batches (its record is not written).
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class ValidationCallback(TrainerCallback):
         max_new_tokens: int | None = None,
         batch_size: int = 16,
         save_best: bool = True,
+        stop_requested: Callable[[], bool] | None = None,
     ):
         if not benchmarks:
             raise ValueError("ValidationCallback needs at least one validation benchmark")
@@ -85,6 +92,7 @@ class ValidationCallback(TrainerCallback):
         self.trainer = trainer
         self.benchmarks = dict(benchmarks)
         self.eval_steps, self.select_on, self.batch_size, self.save_best = eval_steps, select_on, batch_size, save_best
+        self.stop_requested = stop_requested or (lambda: False)
         self.max_new_tokens = max_new_tokens or trainer.args.max_completion_length
         self.history: list[dict] = []  # {"step": int, "val/<name>": float, ..., "val/avg": float}
         self.best: tuple[int, float] | None = None
@@ -170,7 +178,12 @@ class ValidationCallback(TrainerCallback):
                 indices = [rank + world * i for i in range(per_process)]
                 valid = [i < len(dataset) for i in indices]
                 shard = dataset.select([i if ok else 0 for i, ok in zip(indices, valid, strict=True)])
-                completions = generate(shard["prompt"], f"validation {name}")
+                prompts, completions = list(shard["prompt"]), []
+                chunk = len(shard) if use_vllm else self.batch_size  # one engine call / one generate batch
+                for start in range(0, len(shard), chunk):  # the same number of chunks on every process
+                    if self.stop_requested():
+                        raise ValidationStopped
+                    completions += generate(prompts[start : start + chunk], f"validation {name}")
                 rewards, _ = score_completions(completions, shard["solution"])
                 correct = sum(r == 1.0 for r, ok in zip(rewards, valid, strict=True) if ok)
                 counts = torch.tensor([float(correct), float(sum(valid))], device=accelerator.device)
@@ -188,8 +201,11 @@ class ValidationCallback(TrainerCallback):
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.eval_steps == 0:
-            self.record(args, state, {"step": state.global_step, **self.evaluate()})
+        if state.global_step % self.eval_steps == 0 and not self.stop_requested():
+            try:
+                self.record(args, state, {"step": state.global_step, **self.evaluate()})
+            except ValidationStopped:
+                pass  # the run stops at the next exact checkpoint; this step's validation is not recorded
         return control
 
     def evaluate(self) -> dict[str, float]:

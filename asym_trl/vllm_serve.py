@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 
+from .errors import OneLineParser, UsageError, one_line_errors
 from .vllm_worker import EXTENSION_CLS, WEIGHT_SYNC_MODES  # not vllm_sync: it needs TRL
 
 CPU_DEFAULT_KV_CACHE = "1G"
@@ -69,8 +70,8 @@ def check_extension_importable(python: str, env: dict[str, str]) -> None:
     module = EXTENSION_CLS.rpartition(".")[0]
     probe = subprocess.run([python, "-c", f"import {module}"], env=env, capture_output=True, text=True, timeout=120)
     if probe.returncode != 0:
-        raise SystemExit(
-            f"asym-trl vllm-serve: {python} cannot import {module}, the worker extension that --weight-sync disk "
+        raise UsageError(
+            f"{python} cannot import {module}, the worker extension that --weight-sync disk "
             f"needs ({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'no error text'}). Install "
             f"asym_trl into that environment without its dependencies: `{python} -m pip install --no-deps "
             "asym_trl` (from a checkout: `--no-deps -e .`; scripts/setup_vllm_cpu.sh does this)."
@@ -78,7 +79,7 @@ def check_extension_importable(python: str, env: dict[str, str]) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="asym-trl vllm-serve",
         description="Start a vLLM server for vllm_mode='server' training. Arguments after -- go to `vllm serve`.",
     )
@@ -101,17 +102,16 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@one_line_errors("vllm-serve")
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     opts = make_parser().parse_args(own)
     if opts.weight_sync == "nccl" and opts.device == "cpu":
-        raise SystemExit(
-            "asym-trl vllm-serve: --weight-sync nccl needs CUDA GPUs; use --weight-sync disk with --device cpu"
-        )
+        raise UsageError("--weight-sync nccl needs CUDA GPUs; use --weight-sync disk with --device cpu")
     if opts.port < 1 or opts.port > 65535:
-        raise SystemExit(f"asym-trl vllm-serve: --port {opts.port} is not a TCP port")
+        raise UsageError(f"--port {opts.port} is not a TCP port")
     command, env = build_command(opts, extra)
     shown = " ".join(f"{k}={v}" for k, v in env.items()) + " " + shlex.join(command)
     if opts.dry_run:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     python = shutil.which(opts.python)
     if python is None:
-        raise SystemExit(f"asym-trl vllm-serve: --python {opts.python} does not exist (see scripts/setup_vllm_cpu.sh)")
+        raise UsageError(f"--python {opts.python} does not exist (see scripts/setup_vllm_cpu.sh)")
     if opts.weight_sync == "disk":
         check_extension_importable(python, {**os.environ, **env})
     print(f"asym-trl vllm-serve: {shown}", file=sys.stderr, flush=True)

@@ -23,6 +23,7 @@ PRIVATE_METHODS = (
     "_get_per_token_logps_and_entropies",
     "_prepare_inputs",
 )
+PRIVATE_CALLED = ("_save_checkpoint",)  # Trainer methods called, not overridden
 PRIVATE_ATTRIBUTES = (
     "_metrics",
     "_logs",
@@ -128,7 +129,7 @@ def test_vllm_generation_is_built_in_init_and_syncs_through_one_method():
 
 def test_no_private_trl_access_outside_trl_compat():
     """A grep: outside trl_compat.py, no module names a private TRL method/attribute or TRL's VLLMGeneration."""
-    names = (*PRIVATE_METHODS, *PRIVATE_ATTRIBUTES, "_init_vllm", "_iter_named_params")
+    names = (*PRIVATE_METHODS, *PRIVATE_CALLED, *PRIVATE_ATTRIBUTES, "_init_vllm", "_iter_named_params")
     pattern = re.compile(r"\.(" + "|".join(re.escape(n) for n in names) + r")\b|trl\.generation\.vllm_generation")
     found = []
     for path in sorted(PACKAGE.glob("*.py")):
@@ -177,3 +178,17 @@ def test_loss_normalisers_the_zero_signal_skip_relies_on():
     assert 'normalizer = inputs["num_items_in_batch"].clamp(min=1.0)' in src  # global: dapo, cispo, vespo
     for kind, types in (("rows", "grpo sapo dr_grpo luspo"), ("tokens", "bnpo"), ("global", "dapo cispo vespo")):
         assert all(trl_compat.loss_normaliser(t) == kind for t in types.split())
+
+
+def test_save_checkpoint_writes_a_full_checkpoint_of_the_current_step():
+    """asym_trl.checkpoints' crash checkpoint calls the Trainer's own checkpoint writer, then the on_save callbacks."""
+    from transformers import Trainer
+
+    assert params(Trainer._save_checkpoint) == params(GRPOTrainer._save_checkpoint) == ["self", "model", "trial"]
+    src = inspect.getsource(Trainer._save_checkpoint)
+    assert 'checkpoint_folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"' in src
+    for part in ("self.save_model(output_dir", "self._save_optimizer_and_scheduler(output_dir)",
+                 "self._save_rng_state(output_dir)", "self.state.save_to_json("):  # fmt: skip
+        assert part in src, part
+    assert "callback_handler.on_save" not in src  # the caller runs the on_save callbacks
+    assert "self._save_checkpoint(model, trial)" in inspect.getsource(Trainer._maybe_log_save_evaluate)

@@ -41,6 +41,7 @@ from ..config import AsymGRPOConfig
 from ..evaluation import evaluate_policy
 from ..generation import EvalSampling, TransformersGenerator
 from ..plotting import plot_quickstart, plot_runs
+from ..quiet_logs import LIBRARY_DEPRECATIONS
 from ..trainer import AsymGRPOTrainer
 from ..validation import ValidationCallback
 from .tiny import build_tiny_model, cpu_run_kwargs, last_digit_reward, last_digit_splits
@@ -58,7 +59,6 @@ __all__ = [
 
 # Deprecations raised by TRL's own defaults against this transformers (gradient_checkpointing ->
 # activation_checkpointing): nothing a quickstart user can change.
-LIBRARY_DEPRECATIONS = r"`(is_)?gradient_checkpointing(_kwargs)?` is deprecated"
 
 
 def quiet_console() -> None:
