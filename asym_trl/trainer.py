@@ -8,6 +8,7 @@ import torch
 
 from .advantages import entropy_shaped_advantages
 from .config import AsymGRPOConfig
+from .distributed import lost_peer_error
 from .dynamic_sampling import DynamicSampler
 from .estimators import get_estimator
 from .group_diagnostics import GroupDiagnostics
@@ -42,6 +43,9 @@ class AsymGRPOTrainer(GRPOHooks):
        micro-batch's normaliser (:mod:`asym_trl.zero_signal`).
     7. **Dynamic sampling** (``dynamic_sampling``): zero-signal groups are replaced by informative groups generated
        again, from new training prompts or the same ones, up to a cap (:mod:`asym_trl.dynamic_sampling`).
+    8. **A lost peer** (several processes or nodes): a collective that fails because another process died or stopped
+       answering raises :class:`~asym_trl.distributed.LostPeerError`, naming this process and the node it lost;
+       ``ddp_timeout`` bounds the wait on CPU too (:mod:`asym_trl.distributed`).
 
     How they reach TRL's private methods (pinned to trl 1.16.0) is :mod:`asym_trl.trl_compat`.
     """
@@ -85,7 +89,12 @@ class AsymGRPOTrainer(GRPOHooks):
     def train(self, resume_from_checkpoint=None, *more, **kwargs):
         if self.diagnostics is not None:
             self.diagnostics.resume_from(resume_from_checkpoint)  # the state that spans steps, from the checkpoint
-        return super().train(resume_from_checkpoint, *more, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint, *more, **kwargs)
+        except RuntimeError as exc:  # a collective on a lost peer: say which process noticed and which peers it had
+            if (lost := lost_peer_error(exc, self.args.ddp_timeout)) is None:
+                raise
+            raise lost from exc
 
     # ----------------------------------------------------------------- 1. advantages
     def rescore(self, output, inputs, rewards_per_func):
