@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from asym_trl.apps.multinode import Rehearsal, compare_resume
 from asym_trl.distributed import lost_peer_error
 
 ROOT = Path(__file__).parents[1]
@@ -81,3 +82,67 @@ print("asym", timeout())
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["grpo", "1800.0", "asym", "7.0"]  # TRL's config keeps torch's 30 min
+
+
+# ----------------------------------------------------------------------------- slow: the rehearsal on loopback
+@pytest.fixture(scope="module")
+def rehearsal(vllm_server, tmp_path_factory):
+    url, model_dir, _ = vllm_server  # the session's server: the third node, reached by URL
+    return Rehearsal(tmp_path_factory.mktemp("multinode"), model_dir, url)
+
+
+@pytest.fixture(scope="module")
+def straight(rehearsal):
+    """2 nodes x 1 process, 3 steps, a checkpoint at step 2."""
+    result = rehearsal.straight()
+    assert result["codes"] == [0, 0], "\n".join(log[-4000:] for log in result["logs"])
+    print(f"\n[multinode] straight run on 2 nodes: {result['seconds']:.1f} s")
+    return result
+
+
+@pytest.mark.slow
+def test_two_nodes_train_as_one_job(straight):
+    ranks = straight["records"]
+    assert sorted(ranks) == [0, 1]
+    for rank, record in ranks.items():
+        assert (record["world_size"], record["nodes"], record["node"], record["rank"]) == (2, 2, rank, rank)
+        assert record["distributed_type"] == "DistributedType.FSDP"  # FSDP2, not the DDP accelerate falls back to
+        assert [s["step"] for s in record["steps"]] == [1, 2, 3] and record["done"]
+        # the server's rollouts passed through the disk sync, checked after each of the 3 syncs, the same on both
+        assert [h["step"] for h in record["sync_check"]] == [0, 1, 2] and all(h["ok"] for h in record["sync_check"])
+    assert ranks[0]["sync_check"] == ranks[1]["sync_check"]
+    for a, b in zip(ranks[0]["records"], ranks[1]["records"], strict=True):
+        assert a["rewards"] == b["rewards"] and a["step"] == b["step"]  # both hold the gathered rewards
+    # each node's own disk: rank 0 wrote the checkpoint (full weights, optimizer, scheduler, trainer state), rank 1
+    # only its RNG state
+    checkpoint = {"model.safetensors", "optimizer.bin", "scheduler.pt", "trainer_state.json", "rng_state_0.pth"}
+    assert checkpoint <= set(straight["written"][0]) and straight["written"][1] == ["rng_state_1.pth"]
+
+
+@pytest.mark.slow
+def test_resume_on_one_node_reproduces_the_next_step(rehearsal, straight):
+    """The checkpoint of 2 FSDP2 processes (full state dicts) resumed by 1 process on 1 node: step 3 as the straight
+    run trained it."""
+    resumed = rehearsal.resume(straight["checkpoint"])
+    assert resumed["code"] == 0, resumed["log"][-4000:]
+    print(f"\n[multinode] resume on 1 node: {resumed['seconds']:.1f} s")
+    record = resumed["records"][0]
+    assert (record["world_size"], record["distributed_type"]) == (1, "DistributedType.FSDP")
+    assert [r["step"] for r in record["records"]] == [3]  # steps 1-2 came from the checkpoint (and its log history)
+    assert record["sync_check"][0]["ok"]  # the server synced to the checkpoint's weights
+    step = compare_resume(straight, resumed)
+    assert step["same_prompts"] and step["same_rewards"] and step["same_completions"]
+    merged, single = step["advantages"]
+    assert merged == single and any(merged)  # the 2 processes' advantages are exactly the one process's
+    assert step["loss"][1] == pytest.approx(step["loss"][0], rel=1e-5)  # measured 3e-7 apart
+    assert step["grad_norm"][1] == pytest.approx(step["grad_norm"][0], rel=1e-5)
+    assert step["same_tensors"] and step["max_weight_diff"] < 1e-6  # measured 7e-9
+
+
+@pytest.mark.slow
+def test_losing_a_node_stops_the_other_within_the_bound(rehearsal):
+    result = rehearsal.node_loss(lost=1)
+    print(f"\n[multinode] node 1 killed: node 0 stopped after {result['stop_seconds']:.1f} s (rc {result['code']})")
+    assert result["code"] not in (0, None), result["log"][-4000:]  # stopped by itself, with an error
+    assert result["stop_seconds"] < result["bound"]
+    assert "LostPeerError" in result["log"] and "lost contact with node 1 (rank 1)" in result["log"]
