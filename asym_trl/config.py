@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from trl import GRPOConfig
 
 from .advantages import GRPO_STD
+from .distributed import init_cpu_process_group
 from .estimators import BETAS, DEFAULT_SUCCESS_THRESHOLD, SCALES, estimator_names, get_estimator
 from .vllm_sync import WEIGHT_SYNC_MODES, validate_weight_sync
 from .weight_check import SYNC_CHECK_MODES
@@ -274,6 +276,13 @@ class AsymGRPOConfig(GRPOConfig):
                 f"epsilon_high={self.epsilon_high} is below epsilon={self.epsilon}: clip-higher widens the upper clip "
                 "range (DAPO: epsilon=0.2, epsilon_high=0.28); set epsilon_high >= epsilon or leave it unset"
             )
+
+    @cached_property
+    def _setup_devices(self):
+        # transformers passes ddp_timeout to the process group except with use_cpu, where a lost peer would then be
+        # waited for torch's default 30 min: create the CPU group first, with it (asym_trl.distributed)
+        init_cpu_process_group(self.use_cpu, self.ddp_backend, self.ddp_timeout)
+        return super()._setup_devices
 
     def _validate_estimator(self):
         est = get_estimator(self.advantage_estimator)  # ValueError naming the choices for an unknown one

@@ -10,6 +10,7 @@ import torch
 from .advantages import entropy_shaped_advantages
 from .checkpoints import CheckpointPublisher, CrashCheckpoint, newest_complete_checkpoint
 from .config import AsymGRPOConfig
+from .distributed import lost_peer_error
 from .dynamic_sampling import DynamicSampler
 from .estimators import get_estimator
 from .graceful_stop import GracefulStop, StopSignals, parse_signals
@@ -51,6 +52,9 @@ class AsymGRPOTrainer(GRPOHooks):
        with a checkpoint at the next exact resume point (:mod:`asym_trl.graceful_stop`), a step that raises first
        checkpoints the last completed step (one process), checkpoints are published complete, and
        ``resume_from_checkpoint=True`` takes the newest complete one (:mod:`asym_trl.checkpoints`).
+    9. **A lost peer** (several processes or nodes): a collective that fails because another process died or stopped
+       answering raises :class:`~asym_trl.distributed.LostPeerError`, naming this process and the node it lost;
+       ``ddp_timeout`` bounds the wait on CPU too (:mod:`asym_trl.distributed`).
 
     How they reach TRL's private methods (pinned to trl 1.16.0) is :mod:`asym_trl.trl_compat`.
     """
@@ -112,9 +116,12 @@ class AsymGRPOTrainer(GRPOHooks):
         with self.graceful_stop.signals:
             try:
                 return super().train(resume_from_checkpoint, *more, **kwargs)
-            except Exception:
+            except Exception as exc:
                 if self.crash_checkpoint is not None:
                     self.crash_checkpoint_dir = self.crash_checkpoint.save()
+                # a collective on a lost peer: say which process noticed and which peers it had
+                if (lost := lost_peer_error(exc, self.args.ddp_timeout)) is not None:
+                    raise lost from exc
                 raise
             finally:
                 self.graceful_stop.done()

@@ -22,12 +22,17 @@ vLLM may live in another environment than the trainer (it does on CPU: ``scripts
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from .errors import OneLineParser, UsageError, one_line_errors
 from .vllm_worker import EXTENSION_CLS, WEIGHT_SYNC_MODES  # not vllm_sync: it needs TRL
@@ -125,6 +130,52 @@ def main(argv: list[str] | None = None) -> int:
     print(f"asym-trl vllm-serve: {shown}", file=sys.stderr, flush=True)
     os.execve(python, command, {**os.environ, **env})
     return 0  # not reached
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or did not answer in time (:func:`cpu_server`)."""
+
+
+@contextlib.contextmanager
+def cpu_server(model_dir, log_path, python: str, dtype: str = "bfloat16", env=None, timeout: float = 600.0):
+    """A CPU server of ``model_dir`` on 127.0.0.1 with the disk weight sync (``asym-trl vllm-serve``, in a session of
+    its own, output to ``log_path``); yields its URL once ``/health`` answers, stops the whole session on exit.
+
+    For tests and rehearsals: eager mode (no minute-long torch.compile warm-up), a 128-token context, a 64 MiB KV
+    cache. :class:`ServerStartError`, with the log's tail, when the server exits or is not healthy in ``timeout`` s.
+    """
+    import requests
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "asym_trl.cli", "vllm-serve", str(model_dir), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--device", "cpu", "--weight-sync", "disk", "--python", python, "--"]
+    command += ["--dtype", dtype, "--enforce-eager", "--max-model-len", "128", "--kv-cache-memory-bytes", "64M"]
+    repo = str(Path(__file__).resolve().parents[1])  # the server's worker extension imports this checkout
+    env = {**os.environ, "PYTHONPATH": repo, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", **(env or {})}
+    log_path = Path(log_path)
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url, start = f"http://127.0.0.1:{port}", time.monotonic()
+    try:
+        while True:
+            if server.poll() is not None:
+                raise ServerStartError(f"vLLM server exited with {server.returncode}:\n{log_path.read_text()[-5000:]}")
+            if time.monotonic() - start > timeout:
+                raise ServerStartError(f"vLLM server not healthy after {timeout:g} s:\n{log_path.read_text()[-5000:]}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the API server and its engine/worker processes
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """FSDP2 on 2 CPU processes (gloo), checked against DDP and against one process.
 
 The FSDP run uses recipes/accelerate_configs/fsdp.yaml with only its device keys changed for CPU. accelerate runs FSDP
-only on accelerators (on CPU it trains plain DDP without a word), so tests/scripts/record_fsdp.py switches its state to
-FSDP: accelerate's own FSDP2 preparation and TRL's FSDP2 code paths then run as on GPUs.
+only on accelerators (on CPU it trains plain DDP without a word), so the trainer of tests/scripts/record_fsdp.py
+switches its state to FSDP (asym_trl.apps.multinode.FSDPOnCPU): accelerate's own FSDP2 preparation and TRL's FSDP2
+code paths then run as on GPUs.
 """
 
 from __future__ import annotations
@@ -15,24 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
+
+from asym_trl.apps.multinode import cpu_fsdp_config
 
 ROOT = Path(__file__).parents[1]
 SCRIPT = Path(__file__).parent / "scripts" / "record_fsdp.py"
 CONFIGS = ROOT / "recipes" / "accelerate_configs"
 # FSDP vs DDP, first step, measured: loss identical, grad-norm 1.5e-7 apart (relative); weights after 2 steps 1.2e-7.
 LOSS_RTOL, GRAD_NORM_RTOL, WEIGHTS_ATOL = 1e-6, 1e-5, 1e-5
-
-
-def cpu_fsdp_config(tmp_path: Path) -> Path:
-    """fsdp.yaml with the keys a CPU machine needs: 2 processes, float32, gloo, every process loads the weights."""
-    config = yaml.safe_load((CONFIGS / "fsdp.yaml").read_text())
-    config.update(use_cpu=True, num_processes=2, mixed_precision="no")
-    config["fsdp_config"]["fsdp_cpu_ram_efficient_loading"] = False
-    path = tmp_path / "fsdp_cpu.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def launch(out_dir: Path, model: str, accelerate_config: Path | None) -> list[dict]:
@@ -55,7 +47,7 @@ def test_fsdp2_shards_and_matches_ddp(tiny_model_path, tmp_path):
 
     one = launch(tmp_path / "one", tiny_model_path, None)[0]
     ddp = launch(tmp_path / "ddp", tiny_model_path, CONFIGS / "cpu_multi.yaml")
-    fsdp = launch(tmp_path / "fsdp", tiny_model_path, cpu_fsdp_config(tmp_path))
+    fsdp = launch(tmp_path / "fsdp", tiny_model_path, cpu_fsdp_config(tmp_path / "fsdp_cpu.yaml"))
 
     # really FSDP2: every parameter is a DTensor sharded on dim 0, each process holding a part; DDP holds full copies
     assert fsdp[0]["distributed_type"] == "DistributedType.FSDP"

@@ -8,17 +8,14 @@ ASYM_TRL_VLLM_PYTHON points at another interpreter that has vLLM.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import gemm_paths
 
 from asym_trl import AsymGRPOTrainer
 from asym_trl.apps.tiny import toy_sum_dataset, toy_sum_reward
@@ -30,8 +27,6 @@ from asym_trl.weight_check import SyncMismatchError
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
-VLLM_PYTHON = os.environ.get("ASYM_TRL_VLLM_PYTHON", str(REPO / ".venv-vllm" / "bin" / "python"))
-SERVER_START_TIMEOUT = 600  # s; ~1 min on an idle 2-core machine, several under load
 PROBE = [5, 17, 9, 42, 3, 28, 11, 7, 60, 2]  # token ids whose log-probs show which weights a model holds
 # The server computes in bfloat16, the trainer in float32: their log-probs of PROBE differ by ~0.01 at the checkpoint
 # and by up to ~1 % of the log-prob once training has grown the weights; a training step at the test's learning rate
@@ -167,72 +162,6 @@ def test_vllm_serve_refuses_an_environment_without_the_extension(tmp_path, monke
 # ----------------------------------------------------------------------------- slow: a real vLLM server
 
 
-GEMM_PATH = re.compile(r"CPU unquantized GEMM dispatch: ([^\n]*)")
-
-
-@contextlib.contextmanager
-def serve(model_dir: Path, log_path: Path, dtype: str = "bfloat16"):
-    """A `vllm serve` of ``model_dir`` on loopback, started through `asym-trl vllm-serve`; yields its URL.
-
-    Eager mode skips a ~1 min torch.compile warm-up. DEBUG logging makes vLLM name the CPU GEMM kernel each layer
-    kind got (oneDNN, sgl-kernel packed, torch fallback: it depends on the CPU's ISA), which the tests print.
-    """
-    if not Path(VLLM_PYTHON).exists():
-        message = f"no vLLM interpreter at {VLLM_PYTHON}: run scripts/setup_vllm_cpu.sh (make test does)"
-        if os.environ.get("ASYM_TRL_SKIP_VLLM_SERVER") == "1":
-            pytest.skip(message)
-        pytest.fail(message)
-    port = _free_port()
-    command = [sys.executable, "-m", "asym_trl.cli", "vllm-serve", str(model_dir), "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--device", "cpu", "--weight-sync", "disk", "--python", VLLM_PYTHON, "--"]
-    command += ["--dtype", dtype, "--enforce-eager", "--max-model-len", "128", "--kv-cache-memory-bytes", "64M"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
-    env["VLLM_LOGGING_LEVEL"] = "DEBUG"
-    start = time.monotonic()
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import requests
-
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"vLLM server exited with {server.returncode}:\n{log_path.read_text()[-5000:]}")
-            if time.monotonic() - start > SERVER_START_TIMEOUT:
-                pytest.fail(f"vLLM server not healthy after {SERVER_START_TIMEOUT} s:\n{log_path.read_text()[-5000:]}")
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        took = time.monotonic() - start
-        print(f"\n[vllm] {model_dir.name} ({dtype}) healthy after {took:.1f} s; GEMM: {gemm_paths(log_path)}")
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # its own session: the API server and its engine/worker processes
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-
-
-def gemm_paths(log_path: Path) -> list[str]:
-    return sorted(set(GEMM_PATH.findall(log_path.read_text())))
-
-
-@pytest.fixture(scope="module")
-def vllm_server(tmp_path_factory):
-    """The tiny model (tied output head, like Qwen3-4B) served in bfloat16; yields (url, model dir, log path)."""
-    from asym_trl.apps.tiny import build_tiny_model
-
-    workdir = tmp_path_factory.mktemp("vllm")
-    model_dir = build_tiny_model(workdir / "model")
-    with serve(model_dir, workdir / "server.log") as url:
-        yield url, model_dir, workdir / "server.log"
-
-
 def _server_trainer(cpu_config, url, model_dir, tmp_path):
     """3 steps of server-mode training on ``url`` with the disk sync; REINFORCE (+-1 even in all-wrong groups) and a
     large learning rate, so every step moves the weights."""
@@ -257,6 +186,7 @@ def test_server_mode_training_with_disk_sync(vllm_server, cpu_config, tmp_path):
     url, model_dir, log_path = vllm_server
     from transformers import AutoModelForCausalLM
 
+    DiskSyncClient(url).reload_weights(model_dir)  # the session's server may hold another test's weights
     initial = _trainer_logprobs(AutoModelForCausalLM.from_pretrained(model_dir), PROBE)
     served_initial = served_logprobs(url, PROBE)
     assert_serves(served_initial, initial, msg="the server holds the checkpoint")
@@ -372,7 +302,7 @@ def _perturbed(model, which: str, seed: int):
 @pytest.mark.slow
 @pytest.mark.parametrize("head", ["tied", "untied"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_reload_serves_new_weights(head, dtype, vllm_server, tmp_path):
+def test_reload_serves_new_weights(head, dtype, vllm_server, serve_vllm, tmp_path):
     """The reload through the worker extension serves new weights on whatever GEMM path this CPU takes: a tied and an
     untied output head, bf16 and float32. A reload that changes only the embeddings is the sharpest probe: a stale
     packed head leaves the server with neither the new nor the old model."""
@@ -394,7 +324,7 @@ def test_reload_serves_new_weights(head, dtype, vllm_server, tmp_path):
             DiskSyncClient(url).reload_weights(model_dir)
         else:
             log_path = tmp_path / "server.log"
-            url = stack.enter_context(serve(model_dir, log_path, dtype))
+            url = stack.enter_context(serve_vllm(model_dir, log_path, dtype))
         client = DiskSyncClient(url)
         old = _trainer_logprobs(model, PROBE)
         assert_serves(served_logprobs(url, PROBE), old, msg=f"{head} {dtype}: the checkpoint")

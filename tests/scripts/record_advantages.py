@@ -4,7 +4,6 @@ Launched by tests/test_distributed.py with 1 process and with 2 (torchrun, gloo 
 Usage: record_advantages.py OUT_DIR MODEL_DIR ESTIMATOR GLOBAL_BATCH
 """
 
-import hashlib
 import json
 import os
 import sys
@@ -13,17 +12,8 @@ from pathlib import Path
 from accelerate import PartialState
 
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
+from asym_trl.apps.multinode import G, position_reward
 from asym_trl.apps.tiny import cpu_run_kwargs, toy_sum_dataset
-
-G = 4
-
-
-def position_reward(completions, answer, **kwargs):
-    """Depends only on the prompt and the rollout's position in its group, not on sampled text, so the
-    1- and 2-process runs see identical rewards; ~half of the rollouts succeed."""
-    state = PartialState()
-    start = state.process_index * len(completions)
-    return [float(hashlib.sha256(f"{a}/{(start + i) % G}".encode()).digest()[0] % 2) for i, a in enumerate(answer)]
 
 
 class Recording(AsymGRPOTrainer):

@@ -7,18 +7,16 @@ after training, and the weights the disk weight sync to vLLM writes (through a s
 Usage: record_fsdp.py OUT_DIR MODEL_DIR
 """
 
-import os
 import sys
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from record_advantages import Recording, build_trainer, write_rank_json
 from safetensors.torch import save_file
 from torch.distributed.tensor import DTensor
 
 import asym_trl.vllm_sync
+from asym_trl.apps.multinode import FSDPOnCPU as CPUFSDP
 from asym_trl.vllm_sync import DiskSyncVLLMGeneration
 from asym_trl.weight_check import model_logprobs
 
@@ -59,21 +57,8 @@ class OfflineDiskSync(DiskSyncVLLMGeneration):
         self.weights_dir.mkdir(parents=True, exist_ok=True)
 
 
-class FSDPOnCPU(Recording):
-    """accelerate (1.15) honours FSDP only on accelerators: on CPU, a FSDP launch config with ``use_cpu: true`` trains
-    plain DDP (``MULTI_CPU``) without a word. Here the state is switched to FSDP once the Accelerator is built, so that
-    accelerate's own FSDP2 preparation (``fully_shard`` per transformer block) and TRL's FSDP2 code paths run on
-    gloo."""
-
-    def create_accelerator_and_postprocess(self):
-        super().create_accelerator_and_postprocess()
-        state = self.accelerator.state
-
-        if state.distributed_type == DistributedType.MULTI_CPU and os.environ.get("ACCELERATE_USE_FSDP") == "true":
-            # AcceleratorState() copies PartialState's fields on every call: switch both
-            PartialState().distributed_type = state.distributed_type = DistributedType.FSDP
-            state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* variables
-            self.is_fsdp_enabled = True
+class FSDPOnCPU(CPUFSDP, Recording):
+    """Recording, under FSDP2 on CPU processes (gloo)."""
 
 
 def local_piece(param: torch.Tensor) -> torch.Tensor:
