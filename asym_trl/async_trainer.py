@@ -59,6 +59,7 @@ __all__ = [
     "DiskWeightTransfer",
     "GroupScorer",
     "group_rewards",
+    "single_sequence_packing",
 ]
 
 
@@ -218,6 +219,20 @@ class AsymRolloutLoop(async_loop_hooks()):
 
 
 # ----------------------------------------------------------------------------------------------- the weight push
+def single_sequence_packing(length: int, device=None) -> dict:
+    """The forward keywords of TRL's packed attention for one plain sequence (one trie segment): a model built by
+    ``AsyncGRPOTrainer`` computes attention only through them."""
+    cu_seqlens = torch.tensor([0, length], dtype=torch.int32, device=device)
+    return dict(
+        position_ids=torch.arange(length, device=device)[None],
+        tree_kv_index=torch.arange(length, device=device),
+        tree_cu_seqlens_q=cu_seqlens,
+        tree_cu_seqlens_k=cu_seqlens,
+        tree_max_seqlen_q=length,
+        tree_max_seqlen_k=length,
+    )
+
+
 class DiskWeightTransfer:
     """TRL's ``WeightTransferProtocol`` through disk: no NCCL, so it works on CPU (and across any shared file system).
 
@@ -267,16 +282,7 @@ class DiskWeightTransfer:
 
     def check(self) -> dict:
         """Probe log-probs under the trainer's model (through its packed attention) and under the server."""
-        length = len(self.probe)
-        device = next(self.model.parameters()).device
-        packing = dict(  # one sequence, one segment: what TRL's packing gives a lone sample
-            position_ids=torch.arange(length, device=device)[None],
-            tree_kv_index=torch.arange(length, device=device),
-            tree_cu_seqlens_q=torch.tensor([0, length], dtype=torch.int32, device=device),
-            tree_cu_seqlens_k=torch.tensor([0, length], dtype=torch.int32, device=device),
-            tree_max_seqlen_q=length,
-            tree_max_seqlen_k=length,
-        )
+        packing = single_sequence_packing(len(self.probe), next(self.model.parameters()).device)
         trainer, scale = model_logprobs(self.model, self.probe, with_scale=True, **packing)
         engine = served_logprobs(self.base_url, self.probe, session=self.client.session, model=self.client.model)
         where = f"the vLLM server at {self.base_url}"

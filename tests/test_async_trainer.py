@@ -12,7 +12,7 @@ import torch
 from trl.experimental.async_grpo.async_rollout_worker import RolloutGroup, RolloutSample, TrainingSequence
 
 from asym_trl import ADVANTAGE_ESTIMATORS, compute_advantages
-from asym_trl.apps.tiny import async_tokenizer, toy_sum_dataset, toy_sum_reward
+from asym_trl.apps.tiny import async_tokenizer, cpu_run_kwargs, toy_sum_dataset, toy_sum_reward
 from asym_trl.async_trainer import (
     AsymAsyncGRPOConfig,
     AsymAsyncGRPOTrainer,
@@ -44,8 +44,7 @@ def format_reward(completions, **kwargs):
 
 
 def make_config(tmp_path, **overrides) -> AsymAsyncGRPOConfig:
-    base = dict(output_dir=str(tmp_path / "out"), bf16=False, report_to="none", num_generations=G, save_strategy="no")
-    return AsymAsyncGRPOConfig(**{**base, **overrides})
+    return AsymAsyncGRPOConfig(**cpu_run_kwargs(output_dir=str(tmp_path / "out"), num_generations=G, **overrides))
 
 
 def make_loop(args, tokenizer, reward_funcs=(text_reward,)) -> AsymRolloutLoop:
