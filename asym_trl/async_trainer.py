@@ -22,16 +22,16 @@ log-probs). Its advantage is hard-coded, ``(r - mean) / (std + 1e-8)``. This mod
 4. **Weight push.** ``vllm_weight_sync="nccl"``: TRL's NCCL transfer (GPU). ``"disk"``: :class:`DiskWeightTransfer`
    (pause the server, write safetensors, reload through the project's worker extension with the tied-head refresh,
    reset the prefix cache, resume), then the after-sync check of :mod:`asym_trl.weight_check`.
-5. **CPU** (no CUDA): TRL's FlashAttention-3 packed attention is served by :mod:`asym_trl.async_cpu`, and two
-   checks of TRL's ``__init__`` that assume a GPU trainer are answered (:func:`asym_trl.trl_compat.
-   async_trainer_on_cpu`).
+5. **CPU** (no CUDA): TRL's FlashAttention-3 packed attention is served by :mod:`asym_trl.async_cpu`
+   (``tree_attention``), and two checks of TRL's ``__init__`` that assume a GPU trainer with vLLM installed are
+   answered (:func:`asym_trl.trl_compat.async_trainer_shims`).
 
 The TRL internals it touches are in :mod:`asym_trl.trl_compat` (pinned by ``tests/test_trl_contract.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +47,7 @@ from . import diagnostics as diag
 from .config import AdvantageArgs
 from .estimators import DEFAULT_SUCCESS_THRESHOLD, get_estimator
 from .success import SuccessRule
-from .trl_compat import async_loop_hooks, async_trainer_on_cpu, metrics, set_rollout_loop
+from .trl_compat import async_loop_hooks, async_trainer_shims, metrics, set_rollout_loop
 from .vllm_sync import WEIGHTS_FILE, DiskSyncClient, served_logprobs
 from .vllm_worker import WEIGHT_SYNC_MODES
 from .weight_check import SYNC_CHECK_MODES, WeightSyncCheck, model_logprobs, probe_token_ids
@@ -61,6 +61,9 @@ __all__ = [
     "group_rewards",
     "single_sequence_packing",
 ]
+
+
+TREE_ATTENTIONS = ("auto", "fa3", "sdpa")
 
 
 @dataclass
@@ -87,6 +90,10 @@ class AsymAsyncGRPOConfig(AdvantageArgs, AsyncGRPOConfig):
         vllm_sync_check (`str`, *optional*, defaults to `"error"`):
             After every disk sync, check that the server serves the trainer's weights (`asym_trl.weight_check`):
             `"error"`, `"warn"` or `"off"`.
+        tree_attention (`str`, *optional*, defaults to `"auto"`):
+            The packed attention of training: `"fa3"` (TRL's: FlashAttention-3 through the `kernels` package, a Hub
+            download, Hopper GPUs), `"sdpa"` (`asym_trl.async_cpu`: torch SDPA, any device, slower), `"auto"`: FA3
+            with CUDA, SDPA without.
     """
 
     scale_rewards: str = field(
@@ -109,6 +116,10 @@ class AsymAsyncGRPOConfig(AdvantageArgs, AsyncGRPOConfig):
             "choices": list(SYNC_CHECK_MODES),
         },
     )
+    tree_attention: str = field(
+        default="auto",
+        metadata={"help": "Packed attention: TRL's FA3, torch SDPA, or auto.", "choices": list(TREE_ATTENTIONS)},
+    )
 
     def __post_init__(self):
         super().__post_init__()  # TRL's own checks first
@@ -118,6 +129,8 @@ class AsymAsyncGRPOConfig(AdvantageArgs, AsyncGRPOConfig):
         self._validate_group_size()
         if self.vllm_weight_sync not in WEIGHT_SYNC_MODES:
             raise ValueError(f"vllm_weight_sync={self.vllm_weight_sync!r}: choose one of {list(WEIGHT_SYNC_MODES)}")
+        if self.tree_attention not in TREE_ATTENTIONS:
+            raise ValueError(f"tree_attention={self.tree_attention!r}: choose one of {list(TREE_ATTENTIONS)}")
         if self.vllm_sync_check not in SYNC_CHECK_MODES:
             raise ValueError(f"vllm_sync_check={self.vllm_sync_check!r}: choose one of {list(SYNC_CHECK_MODES)}")
 
@@ -324,9 +337,9 @@ class AsymAsyncGRPOTrainer(AsyncGRPOTrainer):
                     "environment; on CPU use vllm_weight_sync='disk' with `asym-trl vllm-serve MODEL --device cpu "
                     "--weight-sync disk` (docs/vllm.md)"
                 )
-        with async_trainer_on_cpu() if on_cpu else contextlib.nullcontext():
+        with async_trainer_shims(no_cuda=on_cpu, no_vllm=importlib.util.find_spec("vllm") is None):
             super().__init__(model, reward_funcs, args, train_dataset, *more, **kwargs)
-        if on_cpu:
+        if args.tree_attention == "sdpa" or (args.tree_attention == "auto" and on_cpu):
             from .async_cpu import use_sdpa_tree_attention
 
             use_sdpa_tree_attention()  # after TRL registered its FA3 one

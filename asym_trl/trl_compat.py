@@ -27,7 +27,7 @@ methods and attributes must be used.  They are used here only, and turned into p
 * async GRPO (``trl.experimental.async_grpo``, for :mod:`asym_trl.async_trainer`): the rollout loop class
   ``_AsyncRolloutLoop`` (its ``_score_group`` calls :meth:`AsyncLoopHooks.rescore_group`, its ``_push_metrics`` is
   ``push_metrics``), the worker's ``_loop_cls`` / ``_loop_kwargs`` (:func:`set_rollout_loop`), and two module-level
-  names ``AsyncGRPOTrainer.__init__`` calls that assume a GPU trainer (:func:`async_trainer_on_cpu`).
+  names ``AsyncGRPOTrainer.__init__`` calls that assume a GPU trainer with vLLM (:func:`async_trainer_shims`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ __all__ = [
     "TRL_VERSION",
     "GRPOHooks",
     "async_loop_hooks",
-    "async_trainer_on_cpu",
+    "async_trainer_shims",
     "set_rollout_loop",
     "TokenStats",
     "VLLMGenerationHooks",
@@ -359,17 +359,19 @@ def set_rollout_loop(worker, loop_cls, **loop_kwargs) -> None:
 
 
 @contextlib.contextmanager
-def async_trainer_on_cpu():
-    """While ``AsyncGRPOTrainer.__init__`` runs on a machine without CUDA: its MFU lookup (``trl.trainer.utils.
-    get_peak_flops_per_device``, which calls ``torch.cuda.get_device_name``) answers "unknown" (None), and the
-    rollout worker's ``is_vllm_available()`` check passes (the worker only speaks HTTP to the server; vLLM lives in
-    the server's environment)."""
+def async_trainer_shims(no_cuda: bool, no_vllm: bool):
+    """While ``AsyncGRPOTrainer.__init__`` runs: with ``no_cuda``, its MFU lookup (``trl.trainer.utils.
+    get_peak_flops_per_device``, which calls ``torch.cuda.get_device_name``) answers "unknown" (None); with
+    ``no_vllm``, the rollout worker's ``is_vllm_available()`` check passes (the worker only speaks HTTP to the server;
+    vLLM lives in the server's environment)."""
     import trl.experimental.async_grpo.async_grpo_trainer as trainer_module
     import trl.experimental.async_grpo.async_rollout_worker as worker_module
 
     saved = trainer_module.get_peak_flops_per_device, worker_module.is_vllm_available
-    trainer_module.get_peak_flops_per_device = lambda accelerator, dtype: None
-    worker_module.is_vllm_available = lambda *args, **kwargs: True
+    if no_cuda:
+        trainer_module.get_peak_flops_per_device = lambda accelerator, dtype: None
+    if no_vllm:
+        worker_module.is_vllm_available = lambda *args, **kwargs: True
     try:
         yield
     finally:

@@ -206,7 +206,7 @@ def test_async_rollout_loop_hooks():
 
 
 def test_async_trainer_cpu_obstacles_and_what_we_rely_on():
-    """The two GPU assumptions of AsyncGRPOTrainer.__init__ that trl_compat.async_trainer_on_cpu answers, the packed
+    """The two GPU assumptions of AsyncGRPOTrainer.__init__ that trl_compat.async_trainer_shims answers, the packed
     attention asym_trl.async_cpu replaces, and the loss / staleness lines the async trainer reads."""
     from trl.experimental.async_grpo import AsyncGRPOTrainer, packing
     from trl.experimental.async_grpo import async_grpo_trainer as trainer_module
