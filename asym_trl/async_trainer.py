@@ -165,8 +165,12 @@ class GroupScorer:
         """The run's success rule over these reward functions, summed unweighted (TRL's async reward)."""
         threshold = DEFAULT_SUCCESS_THRESHOLD if self.success_threshold is None else self.success_threshold
         args = SimpleNamespace(
-            success_reward_func=self.success_reward_func, success_threshold=self.success_threshold, threshold=threshold
+            advantage_estimator=self.estimator,
+            success_reward_func=self.success_reward_func,
+            success_threshold=self.success_threshold,
+            threshold=threshold,
         )
+        AdvantageArgs.check_success_rule(args, len(reward_func_names))  # several rewards: the deciding one named
         return SuccessRule(args, get_estimator(self.estimator), reward_func_names, torch.ones(len(reward_func_names)))
 
     def score(self, rewards_per_func: torch.Tensor, rule: SuccessRule):
@@ -320,10 +324,10 @@ class AsymAsyncGRPOTrainer(AsyncGRPOTrainer):
     def __init__(self, model, reward_funcs=None, args=None, train_dataset=None, *more, **kwargs):
         if not isinstance(args, AsymAsyncGRPOConfig):
             raise TypeError(f"AsymAsyncGRPOTrainer needs args=AsymAsyncGRPOConfig(...), got {type(args).__name__}")
-        funcs = [] if reward_funcs is None else reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
-        args.check_success_rule(len(funcs))
         self.scorer = GroupScorer.from_config(args)
-        self.scorer.success_rule([get_callable_name(f) for f in funcs])  # a bad success_reward_func fails here
+        if kwargs.get("environment_factory") is None:  # else the worker adds environment rewards: checked there
+            funcs = [] if reward_funcs is None else reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+            self.scorer.success_rule([get_callable_name(f) for f in funcs])  # a bad success rule fails here
         on_cpu = not torch.cuda.is_available()
         if kwargs.get("weight_transfer") is None:
             if args.vllm_weight_sync == "disk":

@@ -55,6 +55,7 @@ class StepClock(TrainerCallback):
 
 def common(opts, out_dir: str) -> dict:
     return cpu_run_kwargs(
+        use_cpu=opts.device == "cpu",  # the tiny model trains in float32 on either device
         output_dir=out_dir,
         num_generations=opts.group,
         per_device_train_batch_size=opts.batch,
@@ -94,6 +95,9 @@ def build(name: str, opts, url: str, out_dir: str):
 
     # token_budget 0: exactly --batch samples per optimizer step (TRL's default packs by the server's max_model_len)
     queue = dict(max_staleness=opts.max_staleness, queue_maxsize=opts.max_staleness * opts.batch, token_budget=0)
+    # TRL's FA3 packed attention is a Hub download: both async trainers use asym_trl's SDPA one, on either device
+    from asym_trl.async_cpu import use_sdpa_tree_attention
+
     tokenizer = async_tokenizer(opts.model)
     if name == "asym-async":
         args = AsymAsyncGRPOConfig(
@@ -104,18 +108,21 @@ def build(name: str, opts, url: str, out_dir: str):
             vllm_weight_sync="disk",
             vllm_weight_sync_dir=f"{out_dir}/sync",
             vllm_sync_check="off",
+            tree_attention="sdpa",
         )
         return AsymAsyncGRPOTrainer(
             opts.model, toy_sum_reward, args=args, train_dataset=dataset, processing_class=tokenizer
         )
+    import importlib.util
+
     from trl.experimental.async_grpo import AsyncGRPOConfig, AsyncGRPOTrainer
 
-    from asym_trl.async_cpu import use_sdpa_tree_attention
     from asym_trl.trl_compat import async_trainer_shims
 
     args = AsyncGRPOConfig(**common(opts, out_dir), **queue, vllm_server_base_url=url)
     transfer = DiskWeightTransfer(url, f"{out_dir}/sync", sync_check="off")
-    with async_trainer_shims(no_cuda=True, no_vllm=True):  # the CPU shims of AsymAsyncGRPOTrainer
+    no_vllm = importlib.util.find_spec("vllm") is None
+    with async_trainer_shims(no_cuda=opts.device == "cpu", no_vllm=no_vllm):  # as AsymAsyncGRPOTrainer does
         trainer = AsyncGRPOTrainer(
             opts.model,
             toy_sum_reward,
@@ -151,11 +158,13 @@ def run(name: str, opts, url: str, out_dir: str) -> dict:
 
 
 @contextlib.contextmanager
-def server(model: str, python: str, log_path: str):
+def server(model: str, python: str, log_path: str, device: str):
     port = 18000 + os.getpid() % 1000
     command = [sys.executable, "-m", "asym_trl.cli", "vllm-serve", model, "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--device", "cpu", "--weight-sync", "disk", "--python", python, "--", "--dtype", "bfloat16"]
-    command += ["--enforce-eager", "--max-model-len", "256", "--kv-cache-memory-bytes", "256M"]
+    command += ["--device", "cpu" if device == "cpu" else "auto", "--weight-sync", "disk", "--python", python]
+    command += ["--", "--dtype", "bfloat16", "--enforce-eager", "--max-model-len", "256"]
+    # the server shares the machine (CPU) or the one GPU with the trainer
+    command += ["--kv-cache-memory-bytes", "256M"] if device == "cpu" else ["--gpu-memory-utilization", "0.3"]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -178,6 +187,7 @@ def main():
     parser.add_argument("--url", help="a running `asym-trl vllm-serve MODEL --weight-sync disk` (else one is started)")
     parser.add_argument("--model", help="the served model directory (default: a tiny model built here)")
     parser.add_argument("--python", default=str(REPO / ".venv-vllm" / "bin" / "python"), help="vLLM interpreter")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the trainers and server run")
     parser.add_argument("--trainers", nargs="+", default=list(TRAINERS), choices=TRAINERS)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
@@ -191,7 +201,7 @@ def main():
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         opts.model = opts.model or str(build_tiny_model(f"{tmp}/model"))
-        url = opts.url or stack.enter_context(server(opts.model, opts.python, f"{tmp}/server.log"))
+        url = opts.url or stack.enter_context(server(opts.model, opts.python, f"{tmp}/server.log", opts.device))
         runs = []
         for round_ in range(opts.rounds):  # reversed every other round: cancels drift of a shared machine
             order = opts.trainers if round_ % 2 == 0 else opts.trainers[::-1]
@@ -209,8 +219,9 @@ def main():
         for name in opts.trainers
     ]
     print(
-        f"\n{opts.steps} steps x {opts.batch} rollouts (G {opts.group}, {opts.tokens} tokens), estimator "
-        f"{opts.estimator}, max_staleness {opts.max_staleness}, {os.cpu_count()} CPUs"
+        f"\n{opts.rounds} round(s), medians: {opts.steps} steps x {opts.batch} rollouts (G {opts.group}, "
+        f"{opts.tokens} tokens), estimator "
+        f"{opts.estimator}, max_staleness {opts.max_staleness}, {opts.device}, {os.cpu_count()} CPUs"
     )
     print(f"{'trainer':12} {'train() s':>10} {'to last step s':>15} {'steady step s':>14} {'staleness':>10}")
     for r in results:

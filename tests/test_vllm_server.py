@@ -447,7 +447,7 @@ def test_async_training_through_the_server(vllm_server, tmp_path):
             vllm_weight_sync_dir=str(tmp_path / "sync"),
         )
     )
-    served_initial = served_logprobs(url, PROBE)
+    served_initial = served_logprobs(url, PROBE, timeout=300)  # a fresh server's first forward can be slow
     requests_before = log_path.read_text().count("POST /v1/completions")
     trainer = AsymAsyncGRPOTrainer(
         str(model_dir),
