@@ -410,3 +410,18 @@ def test_async_recipes_parse_and_round_trip(path, tmp_path):
     copy = tmp_path / "recipe.yaml"
     copy.write_text(yaml.safe_dump(resolved))
     assert parse_async(["--config", str(copy), "--dry-run"])[2] == resolved
+
+
+def test_train_async_builds_the_run_and_waits_for_its_server(tiny_model_path, tmp_path, capsys):
+    """`asym-trl train-async` with the CPU recipe: model, data, rewards, tokenizer and trainer are built, the resolved
+    recipe is written, and training stops at the first weight push when no server answers, naming the address."""
+    from asym_trl.train_async import main as train_async
+
+    out, port = tmp_path / "run", 9  # discard port: nothing listens
+    argv = ["--config", str(ASYNC_RECIPES[0]), "--model_name_or_path", tiny_model_path, "--output_dir", str(out)]
+    argv += ["--vllm_server_base_url", f"http://127.0.0.1:{port}", "--vllm_server_timeout", "1"]
+    with pytest.raises(ConnectionError, match=rf"127\.0\.0\.1:{port}/health within 1 s"):
+        train_async(argv)
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["model_name_or_path"] == tiny_model_path
+    assert train_async(["--config", str(ASYNC_RECIPES[0]), "--dataset_name", "nope:nothing"]) == 2
+    assert "cannot import dataset factory 'nope:nothing'" in capsys.readouterr().err
