@@ -266,7 +266,7 @@ class DiskWeightTransfer:
         self.sync_check = WeightSyncCheck(mode=sync_check)
         self.syncs = 0
         self.refreshed_layers = None  # the workers' answer to the latest reload
-        self.model = self.probe = self.client = None
+        self.model = self.probe = self.client = self.control = None  # control: pause / resume (TRL's client)
 
     def attach(self, model, processing_class) -> None:
         """The model whose served copy the check compares (its tokenizer makes the probe)."""
