@@ -13,6 +13,8 @@ _EXPORTS = {
     "register_estimator": ".estimators",
     "AsymGRPOConfig": ".config",
     "AsymGRPOTrainer": ".trainer",
+    "AsymAsyncGRPOConfig": ".async_trainer",
+    "AsymAsyncGRPOTrainer": ".async_trainer",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -14,6 +14,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "offline CPU run: SFT warm start + AsymGRPO, held-out accuracy before -> after",
     ),
     "train": ("asym_trl.train", "train a recipe: asym-trl train --config recipes/qwen3-4b/asym.yaml [--dry-run]"),
+    "train-async": (
+        "asym_trl.train_async",
+        "train with asynchronous generation: asym-trl train-async --config recipes/cpu/asym-async.yaml",
+    ),
     "push": ("asym_trl.hub", "write a run's model card and push it to the Hub: asym-trl push RUN_DIR"),
     "eval": ("asym_trl.evaluation", "Avg@k on the paper's math benchmarks (vLLM, server or transformers)"),
     "vllm-serve": ("asym_trl.vllm_serve", "start a vLLM generation server for vllm_mode='server' training"),

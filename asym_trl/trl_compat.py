@@ -24,6 +24,11 @@ methods and attributes must be used.  They are used here only, and turned into p
   (:func:`save_checkpoint`, for the crash checkpoint); ``VLLMGeneration`` (its ``_init_vllm`` / ``_iter_named_params``
   and sampling attributes) and the module-level ``trl.trainer.grpo_trainer.VLLMGeneration`` that
   ``GRPOTrainer.__init__`` instantiates.
+
+* async GRPO (``trl.experimental.async_grpo``, for :mod:`asym_trl.async_trainer`): the rollout loop class
+  ``_AsyncRolloutLoop`` (its ``_score_group`` calls :meth:`AsyncLoopHooks.rescore_group`, its ``_push_metrics`` is
+  ``push_metrics``), the worker's ``_loop_cls`` / ``_loop_kwargs`` (:func:`set_rollout_loop`), and two module-level
+  names ``AsyncGRPOTrainer.__init__`` calls that assume a GPU trainer with vLLM (:func:`async_trainer_shims`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ __all__ = [
     "MODEL_INPUT_KEYS",
     "TRL_VERSION",
     "GRPOHooks",
+    "async_loop_hooks",
+    "async_trainer_shims",
+    "set_rollout_loop",
     "TokenStats",
     "VLLMGenerationHooks",
     "disable_entropy_bonus",
@@ -313,3 +321,66 @@ def swap_vllm_generation(factory):
         yield
     finally:
         grpo_module.VLLMGeneration = original
+
+
+# ------------------------------------------------------------------------------------------ async GRPO (experimental)
+# TRL's ``trl.experimental.async_grpo``: the rollout worker's loop class ``_AsyncRolloutLoop`` (it lives in a spawned
+# child process) scores each group in its private ``_score_group`` and reports metrics through ``_push_metrics``; the
+# parent-side ``AsyncRolloutWorker`` spawns ``_loop_cls`` with ``_loop_kwargs``. Imported on first use only: the
+# module is experimental and warns when imported.
+
+
+def async_loop_hooks():
+    """The class :class:`AsyncLoopHooks` (built on first use, then cached)."""
+    global _ASYNC_LOOP_HOOKS
+    if _ASYNC_LOOP_HOOKS is None:
+        from trl.experimental.async_grpo.async_rollout_worker import _AsyncRolloutLoop
+
+        class AsyncLoopHooks(_AsyncRolloutLoop):
+            """TRL's rollout loop whose ``_score_group`` hands the group and TRL's scored samples to
+            :meth:`rescore_group`, and whose metrics sink is :meth:`push_metrics`."""
+
+            def rescore_group(self, group, samples: list) -> list:
+                """The samples to queue for training, from ``group`` and the ``samples`` TRL scored for it."""
+                return samples
+
+            def push_metrics(self, values: dict) -> None:
+                """Send ``{name: float or (numerator, denominator)}`` to the trainer (reduced in its ``log()``)."""
+                self._push_metrics(values)
+
+            async def _score_group(self, group):
+                return self.rescore_group(group, await super()._score_group(group))
+
+        AsyncLoopHooks.__module__ = __name__
+        _ASYNC_LOOP_HOOKS = AsyncLoopHooks
+    return _ASYNC_LOOP_HOOKS
+
+
+_ASYNC_LOOP_HOOKS = None
+
+
+def set_rollout_loop(worker, loop_cls, **loop_kwargs) -> None:
+    """Make TRL's ``AsyncRolloutWorker`` spawn ``loop_cls`` (a module-level subclass of :func:`async_loop_hooks`,
+    picklable by reference) with ``loop_kwargs`` added to TRL's; before ``worker.start()``."""
+    worker._loop_cls = loop_cls
+    worker._loop_kwargs.update(loop_kwargs)
+
+
+@contextlib.contextmanager
+def async_trainer_shims(no_cuda: bool, no_vllm: bool):
+    """While ``AsyncGRPOTrainer.__init__`` runs: with ``no_cuda``, its MFU lookup (``trl.trainer.utils.
+    get_peak_flops_per_device``, which calls ``torch.cuda.get_device_name``) answers "unknown" (None); with
+    ``no_vllm``, the rollout worker's ``is_vllm_available()`` check passes (the worker only speaks HTTP to the server;
+    vLLM lives in the server's environment)."""
+    import trl.experimental.async_grpo.async_grpo_trainer as trainer_module
+    import trl.experimental.async_grpo.async_rollout_worker as worker_module
+
+    saved = trainer_module.get_peak_flops_per_device, worker_module.is_vllm_available
+    if no_cuda:
+        trainer_module.get_peak_flops_per_device = lambda accelerator, dtype: None
+    if no_vllm:
+        worker_module.is_vllm_available = lambda *args, **kwargs: True
+    try:
+        yield
+    finally:
+        trainer_module.get_peak_flops_per_device, worker_module.is_vllm_available = saved

@@ -80,11 +80,12 @@ def probe_token_ids(processing_class, vocab_size: int, length: int = PROBE_LENGT
     return (ids * (length // len(ids) + 1))[:length]
 
 
-def model_logprobs(model, token_ids: list[int], with_scale: bool = False):
+def model_logprobs(model, token_ids: list[int], with_scale: bool = False, **forward_kwargs):
     """Log-probs of ``token_ids[1:]`` given their prefixes under ``model`` (float32, on CPU), as a 1-D tensor; with
     ``with_scale``, also the logit spread (mean over positions of the std over the vocabulary).
 
     A plain forward of the (possibly wrapped or sharded) model: under FSDP / ZeRO-3 every process must call it.
+    ``forward_kwargs`` go to the forward too (e.g. the packing of a model whose attention needs one).
     """
     device = next(model.parameters()).device
     ids = torch.tensor([token_ids], device=device)
@@ -92,7 +93,7 @@ def model_logprobs(model, token_ids: list[int], with_scale: bool = False):
     model.eval()  # no dropout, no gradient checkpointing
     try:
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, :-1].float()
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **forward_kwargs).logits[0, :-1].float()
     finally:
         model.train(was_training)
     logprobs = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0].cpu()

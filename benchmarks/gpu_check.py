@@ -13,6 +13,11 @@ scripts/gpu_check.sh wraps it for an offline GPU box (docs/gpu.md); ``--tiny`` r
    process: ``accelerate launch --num_processes 1`` of this script with ``--deepspeed-worker STAGE``), 2 steps of at
    most 128 completion tokens, then the disk weight sync to vLLM into a stand-in server: step time, peak memory, and
    whether the synced file holds every parameter at its full shape (ZeRO-3 shards them). "skipped" without deepspeed.
+6. async: benchmarks/bench_async.py on the GPU: a vLLM server (started here, on the same GPU, disk weight push) and
+   the tiny model; wall time of TRL's GRPOTrainer, AsymGRPOTrainer, TRL's AsyncGRPOTrainer and AsymAsyncGRPOTrainer for
+   the same trained rollouts (targets: async <= 0.75 x sync, AsymGRPO-async / TRL-async <= 1.05). "skipped" unless
+   vLLM and aiohttp import (the offline image has neither: bring their wheels) -- and give it time
+   (GPU_CHECK_TIMEOUT: the server starts in a minute or two).
 
 The model is the Qwen3 architecture built from a config at Qwen3-0.6B's shapes (random weights, no Hub), bf16, with
 gradient checkpointing; the tokenizer a word-level vocabulary "t0", "t1", ... built in memory. Generation is
@@ -53,7 +58,7 @@ QWEN3_06B = dict(  # Qwen3-0.6B's shapes: 0.6B parameters, 0.44B without the (ti
     num_key_value_heads=8,
     head_dim=128,
 )
-SECTIONS = ("advantages", "full", "lora", "deepspeed")
+SECTIONS = ("advantages", "full", "lora", "deepspeed", "async")
 TINY = dict(
     vocab_size=512,
     hidden_size=64,
@@ -122,6 +127,13 @@ def markdown(data: dict) -> str:
             lines.append(f"| {stage} | {row} | {run.get('synced_full_shapes', '—')} |")
             if "error" in run:
                 lines.append(f"error (ZeRO-{stage}): {run['error']}")
+    asynchronous = sections.get("async")
+    if asynchronous:
+        lines += ["", "Asynchronous generation (benchmarks/bench_async.py, tiny model, vLLM server on the GPU):", ""]
+        lines += [
+            f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}"
+            for key, value in asynchronous.items()
+        ]
     adv = sections.get("advantages")
     if adv:
         lines += [
@@ -377,6 +389,29 @@ def deepspeed(results: Results, opts) -> bool:
     return ok
 
 
+def async_comparison(results: Results, opts) -> bool:
+    missing = [name for name in ("vllm", "aiohttp") if importlib.util.find_spec(name) is None]
+    if missing or opts.tiny:
+        why = "--tiny" if opts.tiny else f"{' and '.join(missing)} not importable"
+        results.add("async", {"skipped": why})
+        return True
+    report = opts.out_dir / "async.json"
+    cmd = [sys.executable, str(Path(__file__).parent / "bench_async.py"), "--device", "cuda", "--python"]
+    cmd += [sys.executable, "--steps", str(max(opts.steps, 6)), "--tokens", "64", "--json", str(report)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    print(proc.stdout + proc.stderr, flush=True)
+    if proc.returncode != 0 or not report.exists():
+        results.add("async", {"error": f"rc {proc.returncode}: " + (proc.stderr.strip().splitlines() or [""])[-1]})
+        return False
+    by = {r["trainer"]: r["train_s"] for r in json.loads(report.read_text())["results"]}
+    section = {f"{name}_s": seconds for name, seconds in by.items()}
+    section["async_over_sync"] = by["asym-async"] / by["asym"]
+    section["trl_async_over_sync"] = by["trl-async"] / by["grpo"]
+    section["asym_async_over_trl_async"] = by["asym-async"] / by["trl-async"]
+    results.add("async", section)
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path)
@@ -437,6 +472,8 @@ def main() -> int:
         ok &= compare(results, "lora", ("asym", "trl"), opts, setup, opts.out_dir, lora=True)
     if "deepspeed" in sections:
         ok &= deepspeed(results, opts)
+    if "async" in sections:
+        ok &= async_comparison(results, opts)
     return 0 if ok else 1
 
 

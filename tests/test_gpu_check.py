@@ -25,7 +25,8 @@ def gpu_check(out_dir: Path, *options: str) -> tuple[subprocess.CompletedProcess
 def test_tiny_run_reports_both_trainers_and_the_benchmark(tmp_path):
     proc, sections = gpu_check(tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    assert list(sections) == ["env", "advantages", "full", "lora", "deepspeed"]
+    assert list(sections) == ["env", "advantages", "full", "lora", "deepspeed", "async"]
+    assert sections["async"] == {"skipped": "--tiny"}  # it needs a vLLM server on the GPU
     assert sections["env"]["tiny"] is True
     assert set(sections["advantages"]["ms"]) >= {"TRL grpo", "asym", "ent_increase", "pass_at_k"}
     assert all(ms > 0 for ms in sections["advantages"]["ms"].values())

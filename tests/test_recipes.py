@@ -17,7 +17,11 @@ from asym_trl.train import main
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 QWEN3 = RECIPES / "qwen3-4b"
 QWEN25 = RECIPES / "qwen2.5-math-1.5b"
-ALL_RECIPES = sorted(p for p in RECIPES.rglob("*.yaml") if "accelerate_configs" not in p.parts)
+# Recipes of asynchronous generation (`asym-trl train-async`, TRL's AsyncGRPOConfig keys): checked on their own below.
+ASYNC_RECIPES = [RECIPES / "cpu" / "asym-async.yaml", QWEN3 / "asym-async.yaml"]
+ALL_RECIPES = sorted(
+    p for p in RECIPES.rglob("*.yaml") if "accelerate_configs" not in p.parts and p not in ASYNC_RECIPES
+)
 IDENTITY = {"run_name", "output_dir", "hub_model_id"}  # every recipe names its own run
 
 # recipe -> the keys it changes relative to its folder's grpo.yaml (App. E values for Table 1).
@@ -77,7 +81,7 @@ def _parse(path, *extra):
 
 
 def test_every_method_has_a_recipe():
-    assert {p.name for p in QWEN3.glob("*.yaml")} == {"grpo.yaml", *TABLE1, *FIG2_QWEN3}
+    assert {p.name for p in QWEN3.glob("*.yaml")} == {"grpo.yaml", *TABLE1, *FIG2_QWEN3, "asym-async.yaml"}
     assert {p.name for p in QWEN25.glob("*.yaml")} == {"grpo.yaml", *SECTION3}
     assert (RECIPES / "cpu" / "quickstart.yaml").is_file()
 
@@ -107,7 +111,10 @@ def test_method_recipes_differ_from_grpo_only_in_method_keys(folder, expected):
         assert len({recipe[k] for k in IDENTITY} | {grpo[k] for k in IDENTITY}) == 2 * len(IDENTITY), name
 
 
-@pytest.mark.parametrize("path", sorted(QWEN3.glob("*.yaml")) + sorted(QWEN25.glob("*.yaml")), ids=lambda p: p.name)
+SYNC_GPU_RECIPES = sorted(p for p in [*QWEN3.glob("*.yaml"), *QWEN25.glob("*.yaml")] if p not in ASYNC_RECIPES)
+
+
+@pytest.mark.parametrize("path", SYNC_GPU_RECIPES, ids=lambda p: p.name)
 def test_gpu_recipes_follow_the_paper_and_launch_setup(path):
     script_args, args, model_args, resolved = _parse(path)
     assert args.learning_rate == 2e-6 and args.num_generations == 8 and args.beta == 0.0
@@ -380,3 +387,41 @@ def test_qlora_where_bitsandbytes_cannot_run_stops_before_model_load(
     assert main([*argv, *flags]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()  # nothing was built or loaded
+
+
+@pytest.mark.parametrize("path", ASYNC_RECIPES, ids=lambda p: str(p.relative_to(RECIPES)))
+def test_async_recipes_parse_and_round_trip(path, tmp_path):
+    from asym_trl.train_async import parse_args as parse_async
+
+    script_args, args, resolved = parse_async(["--config", str(path), "--dry-run"])
+    assert (args.advantage_estimator, args.beta_pos, args.beta_neg) == ("asym", 0.9, 0.4) and args.drop_zero_signal
+    samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    on_gpu = "qwen3-4b" in path.parts
+    processes = 4 if on_gpu else 1
+    assert args.queue_maxsize == args.max_staleness * samples_per_step * processes  # DESIGN.md sec. 3: not deeper
+    assert args.vllm_weight_sync == ("nccl" if on_gpu else "disk")
+    if on_gpu:  # the paper's settings, as in asym.yaml
+        sync = _parse(QWEN3 / "asym.yaml")[1]
+        for key in ("learning_rate", "num_generations", "max_completion_length", "chat_template_kwargs", "epsilon"):
+            assert getattr(args, key) == getattr(sync, key), key
+        assert samples_per_step * processes == 512  # 64 prompts x G 8 per optimizer step (App. C)
+    else:
+        assert script_args.response_template == "qwen3" and args.use_cpu
+    copy = tmp_path / "recipe.yaml"
+    copy.write_text(yaml.safe_dump(resolved))
+    assert parse_async(["--config", str(copy), "--dry-run"])[2] == resolved
+
+
+def test_train_async_builds_the_run_and_waits_for_its_server(tiny_model_path, tmp_path, capsys):
+    """`asym-trl train-async` with the CPU recipe: model, data, rewards, tokenizer and trainer are built, the resolved
+    recipe is written, and training stops at the first weight push when no server answers, naming the address."""
+    from asym_trl.train_async import main as train_async
+
+    out, port = tmp_path / "run", 9  # discard port: nothing listens
+    argv = ["--config", str(ASYNC_RECIPES[0]), "--model_name_or_path", tiny_model_path, "--output_dir", str(out)]
+    argv += ["--vllm_server_base_url", f"http://127.0.0.1:{port}", "--vllm_server_timeout", "1"]
+    with pytest.raises(ConnectionError, match=rf"127\.0\.0\.1:{port}/health within 1 s"):
+        train_async(argv)
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["model_name_or_path"] == tiny_model_path
+    assert train_async(["--config", str(ASYNC_RECIPES[0]), "--dataset_name", "nope:nothing"]) == 2
+    assert "cannot import dataset factory 'nope:nothing'" in capsys.readouterr().err

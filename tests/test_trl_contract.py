@@ -129,7 +129,14 @@ def test_vllm_generation_is_built_in_init_and_syncs_through_one_method():
 
 def test_no_private_trl_access_outside_trl_compat():
     """A grep: outside trl_compat.py, no module names a private TRL method/attribute or TRL's VLLMGeneration."""
-    names = (*PRIVATE_METHODS, *PRIVATE_CALLED, *PRIVATE_ATTRIBUTES, "_init_vllm", "_iter_named_params")
+    names = (
+        *PRIVATE_METHODS,
+        *PRIVATE_CALLED,
+        *PRIVATE_ATTRIBUTES,
+        "_init_vllm",
+        "_iter_named_params",
+        *ASYNC_PRIVATE_NAMES,
+    )
     pattern = re.compile(r"\.(" + "|".join(re.escape(n) for n in names) + r")\b|trl\.generation\.vllm_generation")
     found = []
     for path in sorted(PACKAGE.glob("*.py")):
@@ -192,3 +199,64 @@ def test_save_checkpoint_writes_a_full_checkpoint_of_the_current_step():
         assert part in src, part
     assert "callback_handler.on_save" not in src  # the caller runs the on_save callbacks
     assert "self._save_checkpoint(model, trial)" in inspect.getsource(Trainer._maybe_log_save_evaluate)
+
+
+# ------------------------------------------------------------------------------------ async GRPO (experimental)
+ASYNC_PRIVATE_NAMES = ("_AsyncRolloutLoop", "_score_group", "_push_metrics", "_loop_cls", "_loop_kwargs")
+
+
+def test_async_rollout_loop_hooks():
+    """asym_trl.async_trainer rescores each group after TRL's _score_group, in a loop class the worker spawns."""
+    import trl.experimental.async_grpo.async_rollout_worker as worker_module
+    from trl.experimental.async_grpo.async_rollout_worker import AsyncRolloutWorker, _AsyncRolloutLoop
+
+    assert inspect.iscoroutinefunction(_AsyncRolloutLoop._score_group)
+    assert params(_AsyncRolloutLoop._score_group) == ["self", "group"]
+    assert params(_AsyncRolloutLoop._push_metrics) == ["self", "values"]
+    score = inspect.getsource(_AsyncRolloutLoop._score_group)
+    # one advantage per conversation, stamped with its per-function rewards on every row, sharing its completion
+    assert 'f"rewards/{name}": float(func_reward)' in score and "completion=completion," in score
+    assert "advantage=float(advantage)," in score and "rewards = np.nansum(arr, axis=0)" in score
+    assert "await self._score_group(group)" in inspect.getsource(_AsyncRolloutLoop._score_loop)
+    assert "reward_func_names" in inspect.getsource(_AsyncRolloutLoop.__init__)
+    assert AsyncRolloutWorker._loop_cls is _AsyncRolloutLoop
+    assert "self._loop_kwargs = loop_kwargs" in inspect.getsource(AsyncRolloutWorker.__init__)
+    assert "self._loop_cls," in inspect.getsource(AsyncRolloutWorker.start)
+    assert "loop_cls(\n        **loop_kwargs," in inspect.getsource(worker_module._child_main)
+    hooks = trl_compat.async_loop_hooks()
+    assert set(vars(hooks)) >= {"_score_group", "rescore_group", "push_metrics"}
+
+
+def test_async_trainer_cpu_obstacles_and_what_we_rely_on():
+    """The two GPU assumptions of AsyncGRPOTrainer.__init__ that trl_compat.async_trainer_shims answers, the packed
+    attention asym_trl.async_cpu replaces, and the loss / staleness lines the async trainer reads."""
+    from trl.experimental.async_grpo import AsyncGRPOTrainer, packing
+    from trl.experimental.async_grpo import async_grpo_trainer as trainer_module
+    from trl.experimental.async_grpo.async_rollout_worker import AsyncRolloutWorker
+
+    from asym_trl.async_cpu import sdpa_tree_attention
+    from asym_trl.async_trainer import AsymAsyncGRPOTrainer
+
+    init = inspect.getsource(AsyncGRPOTrainer.__init__)
+    assert "get_peak_flops_per_device(self.accelerator, dtype)" in init
+    assert hasattr(trainer_module, "get_peak_flops_per_device")
+    assert "torch.cuda.get_device_name" in inspect.getsource(trainer_module.get_peak_flops_per_device)
+    assert "if not is_vllm_available():" in inspect.getsource(AsyncRolloutWorker.__init__)
+    assert "register_tree_attention()" in init and "attn_implementation=TREE_ATTENTION" in init
+    assert packing.TREE_ATTENTION == "tree_fa3"
+    theirs = inspect.signature(packing.tree_attention).parameters
+    ours = inspect.signature(sdpa_tree_attention).parameters
+    assert list(theirs)[:5] == list(ours)[:5] and {n for n, p in theirs.items() if p.kind == p.KEYWORD_ONLY} <= set(
+        ours
+    )
+    loss = inspect.getsource(AsyncGRPOTrainer.compute_loss)
+    assert 'selected = inputs["token_index"] >= 0' in loss and "outputs.entropy.flatten()[token_index]" in loss
+    assert 'self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}' in inspect.getsource(
+        AsyncGRPOTrainer
+    )
+    staleness = inspect.getsource(trainer_module.RolloutQueueDataset.__iter__)
+    assert (
+        "staleness = version - sample.model_version" in staleness and "if staleness > self.max_staleness:" in staleness
+    )
+    mine = {n for n, v in vars(AsymAsyncGRPOTrainer).items() if callable(v) and hasattr(AsyncGRPOTrainer, n)}
+    assert mine == {"__init__", "compute_loss"}  # public methods only

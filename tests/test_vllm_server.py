@@ -18,7 +18,7 @@ import torch
 from conftest import gemm_paths
 
 from asym_trl import AsymGRPOTrainer
-from asym_trl.apps.tiny import toy_sum_dataset, toy_sum_reward
+from asym_trl.apps.tiny import cpu_run_kwargs, toy_sum_dataset, toy_sum_reward
 from asym_trl.data import load_benchmark
 from asym_trl.validation import ValidationCallback
 from asym_trl.vllm_serve import main as vllm_serve_main
@@ -340,3 +340,77 @@ def test_reload_serves_new_weights(head, dtype, vllm_server, serve_vllm, tmp_pat
             gap, moved = (served - new).abs().max(), (new - old).abs().max()
             print(f"[vllm] {head} {dtype} {which}: gap {gap:.4f}, moved {moved:.3f}; GEMM {gemm}")
             old = new
+
+
+@pytest.mark.slow
+def test_async_training_through_the_server(vllm_server, tmp_path):
+    """AsymAsyncGRPOTrainer (TRL's async GRPO: a spawned rollout worker streams groups from the server while the
+    trainer trains) on CPU, with the disk weight push: every sync is checked, the weights move, the server follows,
+    the groups were scored by asym_trl's rollout loop and no trained sample was older than max_staleness."""
+    from asym_trl.apps.tiny import async_tokenizer
+    from asym_trl.async_trainer import (
+        AsymAsyncGRPOConfig,
+        AsymAsyncGRPOTrainer,
+        DiskWeightTransfer,
+        single_sequence_packing,
+    )
+    from asym_trl.weight_check import model_logprobs
+
+    def trainer_logprobs(model):  # the trainer's model computes attention through TRL's packing only
+        return model_logprobs(model, PROBE, **single_sequence_packing(len(PROBE)))
+
+    url, model_dir, log_path = vllm_server
+    max_staleness, steps = 1, 4
+    args = AsymAsyncGRPOConfig(
+        **cpu_run_kwargs(
+            output_dir=str(tmp_path / "async"),
+            advantage_estimator="reinforce",  # +-1 even in all-wrong groups: every group trains
+            num_generations=4,
+            per_device_train_batch_size=8,
+            max_completion_length=8,
+            max_steps=steps,
+            max_staleness=max_staleness,
+            queue_maxsize=max_staleness * 8,
+            learning_rate=1e-1,
+            vllm_server_base_url=url,
+            vllm_server_timeout=30,
+            vllm_weight_sync="disk",
+            vllm_weight_sync_dir=str(tmp_path / "sync"),
+        )
+    )
+    served_initial = served_logprobs(url, PROBE, timeout=300)  # a fresh server's first forward can be slow
+    requests_before = log_path.read_text().count("POST /v1/completions")
+    trainer = AsymAsyncGRPOTrainer(
+        str(model_dir),
+        toy_sum_reward,
+        args=args,
+        train_dataset=toy_sum_dataset(64),
+        processing_class=async_tokenizer(model_dir),
+    )
+    transfer = trainer.weight_transfer
+    assert isinstance(transfer, DiskWeightTransfer)
+    initial = trainer_logprobs(trainer.model)
+    try:
+        start = time.monotonic()
+        trainer.train()
+        took = time.monotonic() - start
+        served_final = served_logprobs(url, PROBE)  # the last sync pushed the weights of the last step
+    finally:
+        DiskSyncClient(url).reload_weights(model_dir)  # the module's server back at the checkpoint
+    assert trainer.state.global_step == steps
+    # one sync at train begin, one after each step; every one checked and passed, the tied head refreshed
+    history = transfer.sync_check.history
+    assert [h["step"] for h in history] == list(range(steps + 1)) and all(h["ok"] for h in history), history
+    assert transfer.refreshed_layers == [{"refreshed": ["model.embed_tokens", "lm_head"]}]
+    final = trainer_logprobs(trainer.model)
+    assert (final - initial).abs().max() > 4 * ATOL, "training did not move the weights"
+    assert_serves(served_final, final, stale=initial, msg="served weights after async training")
+    logs = [h for h in trainer.state.log_history if "sample/staleness_max" in h]
+    assert len(logs) == steps and max(h["sample/staleness_max"] for h in logs) <= max_staleness
+    assert all("groups/zero_signal" in h for h in logs)  # scored by asym_trl's loop in the child
+    assert all(h["groups/zero_signal"] == 0 for h in logs)  # REINFORCE: no zero-signal group
+    assert log_path.read_text().count("POST /v1/completions") - requests_before >= steps * 8
+    assert (served_logprobs(url, PROBE) - served_initial).abs().max() < ATOL  # reset to the checkpoint
+    print(f"\n[vllm] async: {steps} steps in {took:.1f} s; check gaps {[round(h['gap'], 4) for h in history]}")
+    lags = [(h["sample/staleness_mean"], h["sample/staleness_max"]) for h in logs]
+    print(f"[vllm] async staleness (mean, max) per step: {lags}")

@@ -213,3 +213,18 @@ def build_tiny_model(
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir
+
+
+def async_tokenizer(model_dir: str | Path):
+    """The tiny model's tokenizer, ready for TRL's async GRPO trainer.
+
+    TRL's rollout worker parses each completion with the tokenizer's response template, which it sets itself only for
+    chat templates it recognises (``trl.chat_template_utils.add_response_schema``). The tiny template is Qwen's
+    without thinking or tools, so Qwen3's response template parses it.
+    """
+    from transformers import AutoTokenizer
+    from trl.chat_template_utils import qwen3_template
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.response_template = qwen3_template
+    return tokenizer

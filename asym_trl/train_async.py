@@ -1,0 +1,157 @@
+"""Train a recipe with asynchronous generation (``asym_trl.async_trainer``): ``asym-trl train-async``.
+
+    asym-trl vllm-serve MODEL --weight-sync disk ...              # the generation server first (docs/vllm.md)
+    asym-trl train-async --config recipes/cpu/asym-async.yaml [--dry-run]
+
+The recipe format is ``asym-trl train``'s (``base:``, ``env:``, command-line overrides; ``asym_trl.recipes``), with
+the keys of :class:`AsyncScriptArguments` and :class:`asym_trl.async_trainer.AsymAsyncGRPOConfig` (every field of
+TRL's ``AsyncGRPOConfig``: no ``use_vllm`` / ``vllm_mode``, no ``GRPOConfig``-only keys). One process trains (TRL's
+async trainer also runs under ``accelerate launch``); the model is loaded by TRL from ``model_name_or_path`` with
+``dtype``; there is no in-training validation here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+
+from .recipes import RecipeError, _pop_config_flag, check_recipe, load_recipe
+from .train import _import_object, _write_resolved_recipe, last_checkpoint, load_reward_funcs
+
+__all__ = ["AsyncScriptArguments", "main", "parse_args"]
+
+
+@dataclass
+class AsyncScriptArguments:
+    """What ``asym-trl train-async`` needs beside the trainer's config.
+
+    Parameters:
+        model_name_or_path (`str`): the model to train and serve (a Hub id or a local directory).
+        dataset_name (`str`): a name registered in ``asym_trl.data``, a local file, or ``package.module:function``.
+        dataset_instruction, dataset_system_prompt, dataset_data_files: as for ``asym-trl train``.
+        reward_funcs (`list[str]`): ``asym_trl.rewards`` names or ``package.module:function`` (module level: the
+            rollout worker is a spawned process that unpickles them).
+        response_template (`str`, *optional*): one of TRL's response templates (``trl.chat_template_utils``, e.g.
+            ``qwen3``) to parse completions with, for a chat template TRL does not recognise (the tiny model's).
+        dry_run (`bool`): print the resolved recipe and exit.
+    """
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Model id or local directory."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Training set (asym_trl.data or module:fn)."})
+    dataset_instruction: str | None = field(default=None, metadata={"help": "Instruction appended to prompts."})
+    dataset_system_prompt: str | None = field(default=None, metadata={"help": "System message before prompts."})
+    dataset_data_files: str | None = field(default=None, metadata={"help": "Local copy of the training set."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split of the training set."})
+    reward_funcs: list[str] = field(default_factory=lambda: ["accuracy"], metadata={"help": "Reward functions."})
+    response_template: str | None = field(
+        default=None, metadata={"help": "TRL response template to parse completions with (e.g. qwen3)."}
+    )
+    dry_run: bool = field(default=False, metadata={"help": "Print the resolved recipe and exit."})
+
+
+def make_parser():
+    from trl import TrlParser
+
+    from .async_trainer import AsymAsyncGRPOConfig
+
+    return TrlParser((AsyncScriptArguments, AsymAsyncGRPOConfig), prog="asym-trl train-async")
+
+
+def parse_args(argv: list[str]):
+    """Recipe + command line -> (script arguments, ``AsymAsyncGRPOConfig``, resolved recipe); ``RecipeError``
+    names a bad key."""
+    parser = make_parser()
+    path, argv = _pop_config_flag(argv)
+    baseline = vars(parser.parse_args([]))
+    env = {}
+    if path is not None:
+        recipe = load_recipe(path)
+        env = {key: str(value) for key, value in recipe.pop("env", {}).items()}
+        os.environ.update(env)
+        parser.set_defaults_with_config(**check_recipe(parser, recipe, path))
+    namespace = parser.parse_args(argv)
+    resolved = {k: v for k, v in vars(namespace).items() if v != baseline[k] and k != "dry_run"}
+    if env:
+        resolved["env"] = env
+    if namespace.dry_run and namespace.bf16 and not namespace.use_cpu:
+        import torch
+
+        if not torch.cuda.is_available():  # a GPU recipe checked on a machine without one
+            print("note: no GPU here, so the recipe is checked with use_cpu=true", file=sys.stderr)
+            namespace.use_cpu = True
+    outputs = []
+    for dtype in parser.dataclass_types:
+        inputs = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(dtype) if f.init}
+        try:
+            outputs.append(dtype(**inputs))
+        except (ValueError, TypeError) as e:
+            raise RecipeError(f"invalid {dtype.__name__}: {e}") from e
+    return (*outputs, resolved)
+
+
+def load_tokenizer(script_args: AsyncScriptArguments):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
+    if script_args.response_template is not None:
+        import trl.chat_template_utils as templates
+
+        template = getattr(templates, f"{script_args.response_template}_template", None)
+        if not isinstance(template, dict):
+            raise RecipeError(f"response_template={script_args.response_template!r} is not one of TRL's templates")
+        tokenizer.response_template = template
+    return tokenizer
+
+
+def load_train_set(script_args: AsyncScriptArguments):
+    name = script_args.dataset_name
+    if name is None:
+        raise RecipeError("dataset_name is not set: give a registered name, a local file or module:function")
+    if ":" in name and not os.path.exists(name):
+        return _import_object(name, "dataset factory", "dataset_name")()
+    from .data import load_train_dataset
+
+    prompt = {"instruction": script_args.dataset_instruction, "system_prompt": script_args.dataset_system_prompt}
+    prompt = {k: v for k, v in prompt.items() if v is not None}
+    split, files = script_args.dataset_train_split, script_args.dataset_data_files
+    return load_train_dataset(name, split=split, data_files=files, **prompt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        script_args, training_args, resolved = parse_args(argv)
+        if script_args.dry_run:
+            import yaml
+
+            print(yaml.safe_dump(resolved, sort_keys=False), end="")
+            return 0
+        if script_args.model_name_or_path is None:
+            raise RecipeError("model_name_or_path is not set (a Hub id or a local directory)")
+        reward_funcs = load_reward_funcs(script_args.reward_funcs)
+        train_dataset = load_train_set(script_args)
+        tokenizer = load_tokenizer(script_args)
+    except (RecipeError, ValueError, FileNotFoundError) as e:
+        print(f"asym-trl train-async: error: {e}", file=sys.stderr)
+        return 2
+
+    from .async_trainer import AsymAsyncGRPOTrainer
+
+    trainer = AsymAsyncGRPOTrainer(
+        script_args.model_name_or_path,
+        reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+    )
+    if trainer.accelerator.is_main_process:
+        _write_resolved_recipe(training_args.output_dir, resolved, argv)
+    trainer.train(resume_from_checkpoint=last_checkpoint(training_args))
+    trainer.save_model(training_args.output_dir)
+    return 0
+
+
+if __name__ == "__main__":  # the rollout worker is a spawned process: it re-imports __main__
+    raise SystemExit(main())
