@@ -114,7 +114,10 @@ class AsymGRPOTrainer(GRPOHooks):
                 return super().train(resume_from_checkpoint, *more, **kwargs)
             except Exception:
                 if self.crash_checkpoint is not None:
-                    self.crash_checkpoint_dir = self.crash_checkpoint.save()
+                    try:
+                        self.crash_checkpoint_dir = self.crash_checkpoint.save()
+                    except Exception as save_error:  # the step's error is the one to report
+                        print(f"asym-trl: the crash checkpoint failed too: {save_error!r}", file=sys.stderr)
                 raise
             finally:
                 self.graceful_stop.done()
