@@ -118,7 +118,10 @@ class AsymGRPOTrainer(GRPOHooks):
                 return super().train(resume_from_checkpoint, *more, **kwargs)
             except Exception as exc:
                 if self.crash_checkpoint is not None:
-                    self.crash_checkpoint_dir = self.crash_checkpoint.save()
+                    try:
+                        self.crash_checkpoint_dir = self.crash_checkpoint.save()
+                    except Exception as save_error:  # the step's error is the one to report
+                        print(f"asym-trl: the crash checkpoint failed too: {save_error!r}", file=sys.stderr)
                 # a collective on a lost peer: say which process noticed and which peers it had
                 if (lost := lost_peer_error(exc, self.args.ddp_timeout)) is not None:
                     raise lost from exc
