@@ -13,6 +13,11 @@ scripts/gpu_check.sh wraps it for an offline GPU box (docs/gpu.md); ``--tiny`` r
    process: ``accelerate launch --num_processes 1`` of this script with ``--deepspeed-worker STAGE``), 2 steps of at
    most 128 completion tokens, then the disk weight sync to vLLM into a stand-in server: step time, peak memory, and
    whether the synced file holds every parameter at its full shape (ZeRO-3 shards them). "skipped" without deepspeed.
+6. multinode: the 2-"node" rehearsal of asym_trl/apps/multinode.py on this GPU: two ``accelerate launch
+   --num_machines 2 --machine_rank 0/1 --main_process_ip 127.0.0.1`` of one process each sharing the GPU, FSDP2 in
+   bf16 over gloo (NCCL refuses two ranks on one GPU), the tiny model, transformers generation (no vLLM on the box):
+   3 steps with a checkpoint at 2; the resume of step 3 on one node; one node killed, the other's stop timed. With
+   ``--tiny`` (CPU) only the first phase runs (tests/test_multinode.py runs them all on CPU).
 
 The model is the Qwen3 architecture built from a config at Qwen3-0.6B's shapes (random weights, no Hub), bf16, with
 gradient checkpointing; the tokenizer a word-level vocabulary "t0", "t1", ... built in memory. Generation is
@@ -53,7 +58,7 @@ QWEN3_06B = dict(  # Qwen3-0.6B's shapes: 0.6B parameters, 0.44B without the (ti
     num_key_value_heads=8,
     head_dim=128,
 )
-SECTIONS = ("advantages", "full", "lora", "deepspeed")
+SECTIONS = ("advantages", "full", "lora", "deepspeed", "multinode")
 TINY = dict(
     vocab_size=512,
     hidden_size=64,
@@ -122,6 +127,10 @@ def markdown(data: dict) -> str:
             lines.append(f"| {stage} | {row} | {run.get('synced_full_shapes', '—')} |")
             if "error" in run:
                 lines.append(f"error (ZeRO-{stage}): {run['error']}")
+    multi = sections.get("multinode")
+    if multi:
+        lines += ["", "Two nodes on loopback, 1 process each (asym_trl/apps/multinode.py):", ""]
+        lines += [f"- {phase}: {json.dumps(value)}" for phase, value in multi.items()]
     adv = sections.get("advantages")
     if adv:
         lines += [
@@ -377,6 +386,51 @@ def deepspeed(results: Results, opts) -> bool:
     return ok
 
 
+def multinode(results: Results, opts) -> bool:
+    """Section 6 (module doc): each phase's result is written as soon as it ends."""
+    from asym_trl.apps.multinode import Rehearsal, compare_resume
+    from asym_trl.apps.tiny import build_tiny_model
+
+    section, ok = {}, False
+    try:
+        out = opts.out_dir / "multinode"
+        cuda = not opts.tiny
+        device, backend = ("cuda", "gloo") if cuda else ("cpu", None)
+        rehearsal = Rehearsal(out, build_tiny_model(out / "model"), device=device, ddp_backend=backend)
+        straight = rehearsal.straight()
+        ranks = straight["records"]
+        section["straight"] = {
+            "exit_codes": straight["codes"],
+            "seconds": round(straight["seconds"], 1),
+            "world_sizes": [r.get("world_size") for r in ranks.values()],
+            "distributed_type": ranks.get(0, {}).get("distributed_type"),
+            "losses": [s["loss"] for s in ranks.get(0, {}).get("steps", [])],
+            "checkpoint_files": straight["written"],
+        }
+        ok = straight["codes"] == [0, 0] and section["straight"]["world_sizes"] == [2, 2]
+        if not ok:
+            section["straight"]["log_tail"] = [log[-1500:] for log in straight["logs"]]
+        results.add("multinode", section)
+        if cuda and ok:
+            resumed = rehearsal.resume(straight["checkpoint"])
+            section["resume"] = {"exit_code": resumed["code"], "seconds": round(resumed["seconds"], 1)}
+            if resumed["code"] == 0:
+                section["resume"] |= compare_resume(straight, resumed)  # greedy, not seeded: completions may differ
+            else:
+                section["resume"]["log_tail"] = resumed["log"][-1500:]
+            results.add("multinode", section)
+            loss = rehearsal.node_loss()
+            section["node_loss"] = {k: loss[k] for k in ("code", "stop_seconds", "bound")}
+            section["node_loss"]["named_the_lost_node"] = "lost contact with node 1" in loss["log"]
+            ok = resumed["code"] == 0 and loss["code"] not in (0, None) and loss["stop_seconds"] < loss["bound"]
+    except Exception as exc:
+        section["error"] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        ok = False
+    results.add("multinode", section)
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path)
@@ -437,6 +491,8 @@ def main() -> int:
         ok &= compare(results, "lora", ("asym", "trl"), opts, setup, opts.out_dir, lora=True)
     if "deepspeed" in sections:
         ok &= deepspeed(results, opts)
+    if "multinode" in sections:
+        ok &= multinode(results, opts)
     return 0 if ok else 1
 
 
