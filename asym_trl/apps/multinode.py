@@ -451,7 +451,14 @@ def rehearse(opts) -> int:
         "node_loss": {k: loss[k] for k in ("code", "stop_seconds", "bound")},
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    if comparison:
+        merged, single = comparison["advantages"]
+        print(
+            f"[multinode] resumed step {comparison['step']}: advantages equal {merged == single}, same completions "
+            f"{comparison['same_completions']}, loss {comparison['loss']}, "
+            f"weights {comparison['max_weight_diff']:.1e} apart"
+        )
+    print(f"[multinode] results in {out / 'results.json'}")
     ok = straight["codes"] == [0, 0] and resumed["code"] == 0 and loss["code"] not in (0, None)
     return 0 if ok else 1
 
