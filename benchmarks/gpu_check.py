@@ -18,6 +18,11 @@ scripts/gpu_check.sh wraps it for an offline GPU box (docs/gpu.md); ``--tiny`` r
    the same trained rollouts (targets: async <= 0.75 x sync, AsymGRPO-async / TRL-async <= 1.05). "skipped" unless
    vLLM and aiohttp import (the offline image has neither: bring their wheels) -- and give it time
    (GPU_CHECK_TIMEOUT: the server starts in a minute or two).
+7. multinode: the 2-"node" rehearsal of asym_trl/apps/multinode.py on this GPU: two ``accelerate launch
+   --num_machines 2 --machine_rank 0/1 --main_process_ip 127.0.0.1`` of one process each sharing the GPU, FSDP2 in
+   bf16 over gloo (NCCL refuses two ranks on one GPU), the tiny model, transformers generation (no vLLM on the box):
+   3 steps with a checkpoint at 2; the resume of step 3 on one node; one node killed, the other's stop timed. With
+   ``--tiny`` (CPU) only the first phase runs (tests/test_multinode.py runs them all on CPU).
 
 The model is the Qwen3 architecture built from a config at Qwen3-0.6B's shapes (random weights, no Hub), bf16, with
 gradient checkpointing; the tokenizer a word-level vocabulary "t0", "t1", ... built in memory. Generation is
@@ -58,7 +63,7 @@ QWEN3_06B = dict(  # Qwen3-0.6B's shapes: 0.6B parameters, 0.44B without the (ti
     num_key_value_heads=8,
     head_dim=128,
 )
-SECTIONS = ("advantages", "full", "lora", "deepspeed", "async")
+SECTIONS = ("advantages", "full", "lora", "deepspeed", "async", "multinode")
 TINY = dict(
     vocab_size=512,
     hidden_size=64,
@@ -134,6 +139,10 @@ def markdown(data: dict) -> str:
             f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}"
             for key, value in asynchronous.items()
         ]
+    multi = sections.get("multinode")
+    if multi:
+        lines += ["", "Two nodes on loopback, 1 process each (asym_trl/apps/multinode.py):", ""]
+        lines += [f"- {phase}: {json.dumps(value)}" for phase, value in multi.items()]
     adv = sections.get("advantages")
     if adv:
         lines += [
@@ -412,6 +421,51 @@ def async_comparison(results: Results, opts) -> bool:
     return True
 
 
+def multinode(results: Results, opts) -> bool:
+    """Section 6 (module doc): each phase's result is written as soon as it ends."""
+    from asym_trl.apps.multinode import Rehearsal, compare_resume
+    from asym_trl.apps.tiny import build_tiny_model
+
+    section, ok = {}, False
+    try:
+        out = opts.out_dir / "multinode"
+        cuda = not opts.tiny
+        device, backend = ("cuda", "gloo") if cuda else ("cpu", None)
+        rehearsal = Rehearsal(out, build_tiny_model(out / "model"), device=device, ddp_backend=backend)
+        straight = rehearsal.straight()
+        ranks = straight["records"]
+        section["straight"] = {
+            "exit_codes": straight["codes"],
+            "seconds": round(straight["seconds"], 1),
+            "world_sizes": [r.get("world_size") for r in ranks.values()],
+            "distributed_type": ranks.get(0, {}).get("distributed_type"),
+            "losses": [s["loss"] for s in ranks.get(0, {}).get("steps", [])],
+            "checkpoint_files": straight["written"],
+        }
+        ok = straight["codes"] == [0, 0] and section["straight"]["world_sizes"] == [2, 2]
+        if not ok:
+            section["straight"]["log_tail"] = [log[-1500:] for log in straight["logs"]]
+        results.add("multinode", section)
+        if cuda and ok:
+            resumed = rehearsal.resume(straight["checkpoint"])
+            section["resume"] = {"exit_code": resumed["code"], "seconds": round(resumed["seconds"], 1)}
+            if resumed["code"] == 0:
+                section["resume"] |= compare_resume(straight, resumed)  # greedy, not seeded: completions may differ
+            else:
+                section["resume"]["log_tail"] = resumed["log"][-1500:]
+            results.add("multinode", section)
+            loss = rehearsal.node_loss()
+            section["node_loss"] = {k: loss[k] for k in ("code", "stop_seconds", "bound")}
+            section["node_loss"]["named_the_lost_node"] = "lost contact with node 1" in loss["log"]
+            ok = resumed["code"] == 0 and loss["code"] not in (0, None) and loss["stop_seconds"] < loss["bound"]
+    except Exception as exc:
+        section["error"] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        ok = False
+    results.add("multinode", section)
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path)
@@ -474,6 +528,8 @@ def main() -> int:
         ok &= deepspeed(results, opts)
     if "async" in sections:
         ok &= async_comparison(results, opts)
+    if "multinode" in sections:
+        ok &= multinode(results, opts)
     return 0 if ok else 1
 
 

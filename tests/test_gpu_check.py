@@ -23,7 +23,7 @@ def gpu_check(out_dir: Path, *options: str) -> tuple[subprocess.CompletedProcess
 
 
 def test_tiny_run_reports_both_trainers_and_the_benchmark(tmp_path):
-    proc, sections = gpu_check(tmp_path)
+    proc, sections = gpu_check(tmp_path, "--sections", "advantages,full,lora,deepspeed,async")
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert list(sections) == ["env", "advantages", "full", "lora", "deepspeed", "async"]
     assert sections["async"] == {"skipped": "--tiny"}  # it needs a vLLM server on the GPU
@@ -52,9 +52,25 @@ def test_tiny_run_reports_both_trainers_and_the_benchmark(tmp_path):
 
 
 def test_a_failing_section_keeps_the_others(tmp_path):
-    proc, sections = gpu_check(tmp_path, "--completion-length", "0")  # generation refuses 0 new tokens
+    # generation refuses 0 new tokens
+    proc, sections = gpu_check(tmp_path, "--completion-length", "0", "--sections", "advantages,full,lora,deepspeed")
     assert proc.returncode == 1
     assert "ms" in sections["advantages"] and "error" not in sections["advantages"]
     assert "max_new_tokens" in sections["full"]["error"] and "max_new_tokens" in sections["lora"]["error"]
     assert "deepspeed" in sections  # reached after the failures
     assert "error:" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_tiny_multinode_section_launches_two_nodes(tmp_path):
+    """The rehearsal's first phase as the GPU check runs it, on CPU: 2 nodes x 1 process, FSDP2, a checkpoint written
+    by rank 0 (on a GPU the section also resumes on one node and kills a node: tests/test_multinode.py on CPU)."""
+    proc, sections = gpu_check(tmp_path, "--sections", "multinode")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    straight = sections["multinode"]["straight"]
+    assert straight["exit_codes"] == [0, 0] and straight["world_sizes"] == [2, 2]
+    assert straight["distributed_type"] == "DistributedType.FSDP" and len(straight["losses"]) == 3
+    assert "optimizer.bin" in straight["checkpoint_files"]["0"] and straight["checkpoint_files"]["1"] == [
+        "rng_state_1.pth"
+    ]
+    assert "Two nodes on loopback" in (tmp_path / "results.md").read_text()

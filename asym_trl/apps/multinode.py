@@ -22,6 +22,7 @@ The training processes run this module with ``--worker`` (:func:`worker`). See d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +32,20 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
+import torch
+import yaml
+from accelerate import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from ..config import AsymGRPOConfig
+from ..distributed import node_layout
+from ..trainer import AsymGRPOTrainer
+from ..vllm_serve import cpu_server
+from .tiny import build_tiny_model, cpu_run_kwargs, toy_sum_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 FSDP_CONFIG = REPO / "recipes" / "accelerate_configs" / "fsdp.yaml"
@@ -44,8 +59,6 @@ DDP_TIMEOUT = 30  # s: the bound on a wait for a peer that stopped answering (as
 def position_reward(completions, answer, **kwargs) -> list[float]:
     """Depends only on the prompt and the rollout's position in its group, not on the sampled text, so runs on any
     number of processes see the same rewards; about half of the rollouts succeed, and most groups are mixed."""
-    from accelerate import PartialState
-
     start = PartialState().process_index * len(completions)
     return [float(hashlib.sha256(f"{a}/{(start + i) % G}".encode()).digest()[0] % 2) for i, a in enumerate(answer)]
 
@@ -60,9 +73,6 @@ class FSDPOnCPU:
     """
 
     def create_accelerator_and_postprocess(self):
-        from accelerate import PartialState
-        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
         super().create_accelerator_and_postprocess()
         state = self.accelerator.state
         if state.distributed_type == DistributedType.MULTI_CPU and os.environ.get("ACCELERATE_USE_FSDP") == "true":
@@ -72,69 +82,55 @@ class FSDPOnCPU:
             self.is_fsdp_enabled = True
 
 
-def _trainer_class():
-    from transformers import TrainerCallback
+class RehearsalTrainer(FSDPOnCPU, AsymGRPOTrainer):
+    """Records every generation batch (the gathered rewards; this process's advantages, prompts' answers and
+    completions) and writes them, with the logged steps and the sync checks, to ``record_path`` after every step."""
 
-    from asym_trl import AsymGRPOTrainer
-    from asym_trl.distributed import node_layout
+    def __init__(self, *args, record_path: Path, **kwargs):
+        self.records, self.record_path = [], Path(record_path)
+        super().__init__(*args, **kwargs)
+        self.add_callback(WriteRecord(self))
 
-    class RehearsalTrainer(FSDPOnCPU, AsymGRPOTrainer):
-        """Records every generation batch: the gathered rewards, this process's advantages, prompts and completions;
-        and writes them, with the logged steps, to ``record_path`` after every step."""
-
-        record_path: Path
-
-        def __init__(self, *args, **kwargs):
-            self.records = []
-            super().__init__(*args, **kwargs)
-            self.add_callback(Writer(self))
-
-        def rescore(self, output, inputs, rewards_per_func):
-            output = super().rescore(output, inputs, rewards_per_func)
-            ids, mask = output["completion_ids"], output["completion_mask"].bool()
-            self.records.append(
-                {
-                    "step": self.state.global_step + 1,
-                    "rewards": rewards_per_func[:, 0].tolist(),
-                    "advantages": output["advantages"].tolist(),
-                    "answers": [x["answer"] for x in inputs],
-                    "completions": [row[keep].tolist() for row, keep in zip(ids, mask, strict=True)],
-                }
-            )
-            return output
-
-        def write_record(self, **extra):
-            generation = getattr(self, "vllm_generation", None)
-            record = {
-                **node_layout(),
-                "world_size": self.accelerator.num_processes,
-                "distributed_type": str(self.accelerator.distributed_type),
-                "steps": [h for h in self.state.log_history if "loss" in h],
-                "records": self.records,
-                "sync_check": generation.sync_check.history if generation is not None else [],
-                **extra,
+    def rescore(self, output, inputs, rewards_per_func):
+        output = super().rescore(output, inputs, rewards_per_func)
+        ids, mask = output["completion_ids"], output["completion_mask"].bool()
+        self.records.append(
+            {
+                "step": self.state.global_step + 1,
+                "rewards": rewards_per_func[:, 0].tolist(),
+                "advantages": output["advantages"].tolist(),
+                "answers": [x["answer"] for x in inputs],
+                "completions": [row[keep].tolist() for row, keep in zip(ids, mask, strict=True)],
             }
-            tmp = self.record_path.with_suffix(".partial")
-            tmp.write_text(json.dumps(record))
-            os.replace(tmp, self.record_path)
+        )
+        return output
 
-    class Writer(TrainerCallback):
-        def __init__(self, trainer):
-            self.trainer = trainer
+    def write_record(self, **extra):
+        generation = getattr(self, "vllm_generation", None)
+        record = {
+            **node_layout(),
+            "world_size": self.accelerator.num_processes,
+            "distributed_type": str(self.accelerator.distributed_type),
+            "steps": [h for h in self.state.log_history if "loss" in h],
+            "records": self.records,
+            "sync_check": generation.sync_check.history if generation is not None else [],
+            **extra,
+        }
+        tmp = self.record_path.with_suffix(".partial")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, self.record_path)
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            self.trainer.write_record()
 
-    return RehearsalTrainer
+class WriteRecord(TrainerCallback):
+    def __init__(self, trainer: RehearsalTrainer):
+        self.trainer = trainer
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.trainer.write_record()
 
 
 def worker(opts) -> None:
     """One training process of a rehearsal node (under ``accelerate launch``)."""
-    import torch
-
-    from asym_trl import AsymGRPOConfig
-    from asym_trl.apps.tiny import cpu_run_kwargs, toy_sum_dataset
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = opts.device == "cuda"
     if opts.server_url:
@@ -166,9 +162,10 @@ def worker(opts) -> None:
         ddp_backend=opts.ddp_backend,
         **generation,
     )
-    trainer_cls = _trainer_class()
-    trainer_cls.record_path = Path(opts.record_dir) / f"rank{int(os.environ.get('RANK', '0'))}.json"
-    trainer = trainer_cls(opts.model, reward_funcs=position_reward, args=args, train_dataset=toy_sum_dataset(64))
+    record_path = Path(opts.record_dir) / f"rank{int(os.environ.get('RANK', '0'))}.json"
+    trainer = RehearsalTrainer(
+        opts.model, reward_funcs=position_reward, args=args, train_dataset=toy_sum_dataset(64), record_path=record_path
+    )
     trainer.write_record()
     trainer.train(resume_from_checkpoint=opts.resume)
     trainer.save_model("run")  # under FSDP every process gathers; rank 0 writes the full weights
@@ -187,8 +184,6 @@ def free_port() -> int:
 def cpu_fsdp_config(path: Path, num_processes: int = 2) -> Path:
     """fsdp.yaml with the keys a CPU machine needs: float32, every process loads the weights, ``use_cpu`` (which
     makes accelerate pick gloo; FSDPOnCPU then keeps FSDP from turning into DDP)."""
-    import yaml
-
     config = yaml.safe_load(FSDP_CONFIG.read_text())
     config.update(use_cpu=True, num_processes=num_processes, mixed_precision="no")
     config["fsdp_config"]["fsdp_cpu_ram_efficient_loading"] = False
@@ -199,8 +194,6 @@ def cpu_fsdp_config(path: Path, num_processes: int = 2) -> Path:
 def kill_tree(process: subprocess.Popen) -> None:
     """SIGKILL a launcher and everything under it. torchrun starts its workers in sessions of their own, so killing
     the launcher's process group would leave them running (and their peers training on)."""
-    import psutil
-
     try:
         root = psutil.Process(process.pid)
         members = [root, *root.children(recursive=True)]
@@ -386,18 +379,13 @@ def _listing(path: Path) -> list[str]:
 def compare_resume(straight: dict, resumed: dict) -> dict:
     """The straight run's step after the checkpoint against the one-node resume's (same prompts, same completions
     from the seeded server, so the same loss up to float summation order across 2 shards vs 1)."""
-    from safetensors.torch import load_file
-
-    step = resumed["records"][0]["records"][0]["step"]
+    one = resumed["records"][0]["records"][0]  # the one step the resumed run trained
+    step = one["step"]
     ranks = [r["records"][step - 1] for _, r in sorted(straight["records"].items())]
-    one = resumed["records"][0]["records"][0]
-    loss = {
-        name: [s for s in r["steps"] if s["step"] == step][0]
-        for name, r in (("straight", straight["records"][0]), ("resumed", resumed["records"][0]))
-    }
+    logged = [next(s for s in run["records"][0]["steps"] if s["step"] == step) for run in (straight, resumed)]
     # 2 FSDP2 processes save a tied output head as a tensor of its own (a copy of the embeddings); 1 does not
     a, b = load_file(straight["final_weights"]), load_file(resumed["final_weights"])
-    tied = {k for k in set(a) ^ set(b) if k == "lm_head.weight"}
+    tied = {"lm_head.weight"} & (set(a) ^ set(b))
     a, b = ({k: v for k, v in w.items() if k not in tied} for w in (a, b))
     return {
         "step": step,
@@ -405,8 +393,8 @@ def compare_resume(straight: dict, resumed: dict) -> dict:
         "same_completions": sum((r["completions"] for r in ranks), []) == one["completions"],
         "same_rewards": all(r["rewards"] == one["rewards"] for r in ranks),
         "advantages": (sum((r["advantages"] for r in ranks), []), one["advantages"]),
-        "loss": (loss["straight"]["loss"], loss["resumed"]["loss"]),
-        "grad_norm": (loss["straight"]["grad_norm"], loss["resumed"]["grad_norm"]),
+        "loss": tuple(s["loss"] for s in logged),
+        "grad_norm": tuple(s["grad_norm"] for s in logged),
         "max_weight_diff": max((a[k] - b[k]).abs().max().item() for k in a),
         "same_tensors": sorted(a) == sorted(b) and all(a[k].shape == b[k].shape for k in a),
     }
@@ -440,10 +428,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def rehearse(opts) -> int:
     """All three phases, with timings, into ``out_dir/results.json``; a server started here when asked."""
-    import contextlib
-
-    from asym_trl.apps.tiny import build_tiny_model
-    from asym_trl.vllm_serve import cpu_server
 
     out = opts.out_dir.resolve()
     model_dir = build_tiny_model(out / "model")
@@ -467,7 +451,14 @@ def rehearse(opts) -> int:
         "node_loss": {k: loss[k] for k in ("code", "stop_seconds", "bound")},
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    if comparison:
+        merged, single = comparison["advantages"]
+        print(
+            f"[multinode] resumed step {comparison['step']}: advantages equal {merged == single}, same completions "
+            f"{comparison['same_completions']}, loss {comparison['loss']}, "
+            f"weights {comparison['max_weight_diff']:.1e} apart"
+        )
+    print(f"[multinode] results in {out / 'results.json'}")
     ok = straight["codes"] == [0, 0] and resumed["code"] == 0 and loss["code"] not in (0, None)
     return 0 if ok else 1
 
