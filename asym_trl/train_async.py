@@ -18,9 +18,21 @@ import sys
 from dataclasses import dataclass, field
 
 from .recipes import RecipeError, _pop_config_flag, check_recipe, load_recipe
-from .train import _import_object, _write_resolved_recipe, last_checkpoint, load_reward_funcs
+from .train import _write_resolved_recipe, import_object, load_reward_funcs
 
 __all__ = ["AsyncScriptArguments", "main", "parse_args"]
+
+
+def last_checkpoint(training_args) -> str | None:
+    """``resume_from_checkpoint`` when given, else the newest ``checkpoint-N`` in ``output_dir`` (None: start fresh).
+    TRL's async trainer writes no completion marker (``asym_trl.checkpoints`` publishes the sync trainer's only)."""
+    if training_args.resume_from_checkpoint is not None:
+        return training_args.resume_from_checkpoint
+    if not os.path.isdir(training_args.output_dir):
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(training_args.output_dir)
 
 
 @dataclass
@@ -110,7 +122,7 @@ def load_train_set(script_args: AsyncScriptArguments):
     if name is None:
         raise RecipeError("dataset_name is not set: give a registered name, a local file or module:function")
     if ":" in name and not os.path.exists(name):
-        return _import_object(name, "dataset factory", "dataset_name")()
+        return import_object(name, "dataset factory", "dataset_name")()
     from .data import load_train_dataset
 
     prompt = {"instruction": script_args.dataset_instruction, "system_prompt": script_args.dataset_system_prompt}

@@ -87,8 +87,11 @@ print("asym", timeout())
 # ----------------------------------------------------------------------------- slow: the rehearsal on loopback
 @pytest.fixture(scope="module")
 def rehearsal(vllm_server, tmp_path_factory):
+    from asym_trl.vllm_sync import DiskSyncClient
+
     url, model_dir, _ = vllm_server  # the session's server: the third node, reached by URL
-    return Rehearsal(tmp_path_factory.mktemp("multinode"), model_dir, url)
+    yield Rehearsal(tmp_path_factory.mktemp("multinode"), model_dir, url)
+    DiskSyncClient(url).reload_weights(model_dir)  # the session's server back at the checkpoint for later tests
 
 
 @pytest.fixture(scope="module")

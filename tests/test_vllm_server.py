@@ -378,6 +378,7 @@ def test_async_training_through_the_server(vllm_server, tmp_path):
             vllm_weight_sync_dir=str(tmp_path / "sync"),
         )
     )
+    DiskSyncClient(url).reload_weights(model_dir)  # the session's server at the checkpoint, whatever ran before
     served_initial = served_logprobs(url, PROBE, timeout=300)  # a fresh server's first forward can be slow
     requests_before = log_path.read_text().count("POST /v1/completions")
     trainer = AsymAsyncGRPOTrainer(
