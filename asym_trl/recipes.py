@@ -241,13 +241,20 @@ def parse_args(argv: list[str]) -> tuple[ScriptArguments, AsymGRPOConfig, ModelC
     resolved = {k: v for k, v in vars(namespace).items() if v != baseline[k] and k != "dry_run"}
     if env:
         resolved["env"] = env
-    if namespace.dry_run and (namespace.bf16 or namespace.fp16) and not namespace.use_cpu:
+    script_args, training_args, model_args = instantiate(parser, namespace)
+    return script_args, training_args, model_args, resolved
+
+
+def instantiate(parser, namespace) -> list:
+    """The parser's dataclasses built from a parsed ``namespace`` (``RecipeError`` names the invalid one); with
+    ``--dry-run`` on a machine without a GPU, a bf16/fp16 recipe is checked with ``use_cpu=true``."""
+    mixed = getattr(namespace, "bf16", False) or getattr(namespace, "fp16", False)
+    if namespace.dry_run and mixed and not namespace.use_cpu:
         import torch
 
         if not torch.cuda.is_available():  # a GPU recipe checked on a machine without one
             print("note: no GPU here, so the recipe is checked with use_cpu=true", file=sys.stderr)
             namespace.use_cpu = True
-
     outputs = []
     for dtype in parser.dataclass_types:
         inputs = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(dtype) if f.init}
@@ -255,8 +262,7 @@ def parse_args(argv: list[str]) -> tuple[ScriptArguments, AsymGRPOConfig, ModelC
             outputs.append(dtype(**inputs))
         except (ValueError, TypeError) as e:
             raise RecipeError(f"invalid {dtype.__name__}: {e}") from e
-    script_args, training_args, model_args = outputs
-    return script_args, training_args, model_args, resolved
+    return outputs
 
 
 # ---------------------------------------------------------------------------------------------- batch arithmetic

@@ -12,12 +12,11 @@ async trainer also runs under ``accelerate launch``); the model is loaded by TRL
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
 
-from .recipes import RecipeError, _pop_config_flag, check_recipe, load_recipe
+from .recipes import RecipeError, _pop_config_flag, check_recipe, instantiate, load_recipe
 from .train import _write_resolved_recipe, import_object, load_reward_funcs
 
 __all__ = ["AsyncScriptArguments", "main", "parse_args"]
@@ -87,20 +86,7 @@ def parse_args(argv: list[str]):
     resolved = {k: v for k, v in vars(namespace).items() if v != baseline[k] and k != "dry_run"}
     if env:
         resolved["env"] = env
-    if namespace.dry_run and namespace.bf16 and not namespace.use_cpu:
-        import torch
-
-        if not torch.cuda.is_available():  # a GPU recipe checked on a machine without one
-            print("note: no GPU here, so the recipe is checked with use_cpu=true", file=sys.stderr)
-            namespace.use_cpu = True
-    outputs = []
-    for dtype in parser.dataclass_types:
-        inputs = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(dtype) if f.init}
-        try:
-            outputs.append(dtype(**inputs))
-        except (ValueError, TypeError) as e:
-            raise RecipeError(f"invalid {dtype.__name__}: {e}") from e
-    return (*outputs, resolved)
+    return (*instantiate(parser, namespace), resolved)
 
 
 def load_tokenizer(script_args: AsyncScriptArguments):
