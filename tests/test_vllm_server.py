@@ -165,7 +165,7 @@ def test_vllm_serve_refuses_an_environment_without_the_extension(tmp_path, monke
 def _server_trainer(cpu_config, url, model_dir, tmp_path):
     """3 steps of server-mode training on ``url`` with the disk sync; REINFORCE (+-1 even in all-wrong groups) and a
     large learning rate, so every step moves the weights. The server's sampling is seeded: the session's server has
-    answered other tests before, and the rollouts (so the trained weights and the sync gaps) must not depend on that."""
+    answered other tests before, and the rollouts (so the trained weights and sync gaps) must not depend on that."""
     args = cpu_config(
         use_vllm=True,
         generation_kwargs={"seed": 0},
