@@ -228,7 +228,13 @@ def parse_args(argv: list[str]) -> tuple[ScriptArguments, AsymGRPOConfig, ModelC
     anything (so it reloads as a recipe and reproduces the run); its `env` is the recipe's (already exported).
     Raises `RecipeError` naming the key for unknown keys and bad values.
     """
-    parser = make_parser()
+    (script_args, training_args, model_args), resolved = parse_recipe(make_parser(), argv)
+    return script_args, training_args, model_args, resolved
+
+
+def parse_recipe(parser, argv: list[str]) -> tuple[list, dict[str, Any]]:
+    """``--config`` recipe (its ``env`` exported) + command line -> the parser's dataclasses and the resolved recipe
+    (every setting that differs from the defaults); ``RecipeError`` names a bad key or value."""
     recipe_path, argv = _pop_config_flag(argv)
     baseline = vars(parser.parse_args([]))
     env = {}
@@ -241,8 +247,7 @@ def parse_args(argv: list[str]) -> tuple[ScriptArguments, AsymGRPOConfig, ModelC
     resolved = {k: v for k, v in vars(namespace).items() if v != baseline[k] and k != "dry_run"}
     if env:
         resolved["env"] = env
-    script_args, training_args, model_args = instantiate(parser, namespace)
-    return script_args, training_args, model_args, resolved
+    return instantiate(parser, namespace), resolved
 
 
 def instantiate(parser, namespace) -> list:

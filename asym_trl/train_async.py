@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from .recipes import RecipeError, _pop_config_flag, check_recipe, instantiate, load_recipe
+from .recipes import RecipeError, parse_recipe
 from .train import _write_resolved_recipe, import_object, load_reward_funcs
 
 __all__ = ["AsyncScriptArguments", "main", "parse_args"]
@@ -73,20 +73,8 @@ def make_parser():
 def parse_args(argv: list[str]):
     """Recipe + command line -> (script arguments, ``AsymAsyncGRPOConfig``, resolved recipe); ``RecipeError``
     names a bad key."""
-    parser = make_parser()
-    path, argv = _pop_config_flag(argv)
-    baseline = vars(parser.parse_args([]))
-    env = {}
-    if path is not None:
-        recipe = load_recipe(path)
-        env = {key: str(value) for key, value in recipe.pop("env", {}).items()}
-        os.environ.update(env)
-        parser.set_defaults_with_config(**check_recipe(parser, recipe, path))
-    namespace = parser.parse_args(argv)
-    resolved = {k: v for k, v in vars(namespace).items() if v != baseline[k] and k != "dry_run"}
-    if env:
-        resolved["env"] = env
-    return (*instantiate(parser, namespace), resolved)
+    configs, resolved = parse_recipe(make_parser(), argv)
+    return (*configs, resolved)
 
 
 def load_tokenizer(script_args: AsyncScriptArguments):

@@ -14,6 +14,15 @@ from asym_trl import AsymGRPOConfig
 from asym_trl.apps.tiny import build_tiny_model, cpu_run_kwargs
 
 
+@pytest.fixture
+def restore_environ():
+    """``os.environ`` as it was before the test (recipes export their ``env:`` mapping)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     """Directory of a tiny Qwen3 model + tokenizer (built once per test session, offline)."""

@@ -68,12 +68,7 @@ BETAS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _restore_environ():
-    saved = dict(os.environ)  # recipes export `env:` (WANDB_PROJECT)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+pytestmark = pytest.mark.usefixtures("restore_environ")  # recipes export `env:` (WANDB_PROJECT)
 
 
 def _parse(path, *extra):

@@ -24,12 +24,7 @@ CPU_RECIPE = str(ROOT / "recipes" / "cpu" / "quickstart.yaml")
 REINFORCE = ["--advantage_estimator", "reinforce", "--beta_pos", "none", "--beta_neg", "none"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_environ():
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+pytestmark = pytest.mark.usefixtures("restore_environ")  # recipes export `env:` (WANDB_PROJECT)
 
 
 def _train(model, output_dir, *extra) -> int:

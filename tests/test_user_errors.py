@@ -17,12 +17,7 @@ CPU_RECIPE = str(ROOT / "recipes" / "cpu" / "quickstart.yaml")
 REWARDS = "tests.scripts.stop_rewards"
 
 
-@pytest.fixture(autouse=True)
-def _restore_environ():
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+pytestmark = pytest.mark.usefixtures("restore_environ")  # recipes export `env:` (WANDB_PROJECT)
 
 
 def run(argv: list[str]) -> int:
