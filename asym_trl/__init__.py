@@ -1,16 +1,16 @@
 """asym_trl: AsymGRPO (bidirectional entropy modulation for RLVR) on Hugging Face TRL.
 
-The public names load lazily, so that ``asym_trl.vllm_worker`` (imported by a vLLM server, whose environment may have
-no TRL) does not pull in the trainer.
+The public names load lazily, so that ``asym_trl.generation.vllm_worker`` (imported by a vLLM server, whose
+environment may have no TRL) does not pull in the trainer.
 """
 
 import importlib
 
 _EXPORTS = {
-    "ADVANTAGE_ESTIMATORS": ".estimators",
-    "BETA_PRESETS": ".advantages",
-    "compute_advantages": ".estimators",
-    "register_estimator": ".estimators",
+    "ADVANTAGE_ESTIMATORS": ".method.estimators",
+    "BETA_PRESETS": ".method.advantages",
+    "compute_advantages": ".method.estimators",
+    "register_estimator": ".method.estimators",
     "AsymGRPOConfig": ".config",
     "AsymGRPOTrainer": ".trainer",
     "AsymAsyncGRPOConfig": ".async_trainer",

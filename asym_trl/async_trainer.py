@@ -8,7 +8,7 @@ log-probs). Its advantage is hard-coded, ``(r - mean) / (std + 1e-8)``. This mod
 
 1. **Advantages.** The child's loop class is :class:`AsymRolloutLoop`: after TRL has scored a group (reward
    functions, ``None`` -> NaN, environment rewards), the group's advantages are recomputed by the registered
-   estimator (:mod:`asym_trl.estimators`) under the run's success rule (``success_reward_func``,
+   estimator (:mod:`asym_trl.method.estimators`) under the run's success rule (``success_reward_func``,
    ``success_threshold``, the stop on non-binary rewards) -- the functions :class:`asym_trl.AsymGRPOTrainer` calls,
    so identical group rewards give identical advantages. TRL's async sum of several reward functions is unweighted.
 2. **Zero-signal groups** (every advantage 0) are dropped at scoring time (``drop_zero_signal``): they never reach
@@ -21,8 +21,8 @@ log-probs). Its advantage is hard-coded, ``(r - mean) / (std + 1e-8)``. This mod
    (``sample/staleness_mean``, ``sample/staleness_max``) and the stale ones dropped (``sample/dropped_stale_total``).
 4. **Weight push.** ``vllm_weight_sync="nccl"``: TRL's NCCL transfer (GPU). ``"disk"``: :class:`DiskWeightTransfer`
    (pause the server, write safetensors, reload through the project's worker extension with the tied-head refresh,
-   reset the prefix cache, resume), then the after-sync check of :mod:`asym_trl.weight_check`.
-5. **CPU** (no CUDA): TRL's FlashAttention-3 packed attention is served by :mod:`asym_trl.async_cpu`
+   reset the prefix cache, resume), then the after-sync check of :mod:`asym_trl.generation.weight_check`.
+5. **CPU** (no CUDA): TRL's FlashAttention-3 packed attention is served by :mod:`asym_trl.generation.async_cpu`
    (``tree_attention``), and two checks of TRL's ``__init__`` that assume a GPU trainer with vLLM installed are
    answered (:func:`asym_trl.trl_compat.async_trainer_shims`).
 
@@ -43,14 +43,14 @@ from trl.experimental.async_grpo.async_rollout_worker import AsyncRolloutWorker
 from trl.experimental.async_grpo.vllm_client import VLLMClient as AsyncVLLMClient
 from trl.trainer.utils import get_callable_name
 
-from . import diagnostics as diag
 from .config import AdvantageArgs
-from .estimators import DEFAULT_SUCCESS_THRESHOLD, get_estimator
-from .success import SuccessRule
+from .diagnostics import measures as diag
+from .generation.vllm_sync import WEIGHTS_FILE, DiskSyncClient, served_logprobs
+from .generation.vllm_worker import WEIGHT_SYNC_MODES
+from .generation.weight_check import SYNC_CHECK_MODES, WeightSyncCheck, model_logprobs, probe_token_ids
+from .method.estimators import DEFAULT_SUCCESS_THRESHOLD, get_estimator
+from .method.success import SuccessRule
 from .trl_compat import async_loop_hooks, async_trainer_shims, metrics, set_rollout_loop
-from .vllm_sync import WEIGHTS_FILE, DiskSyncClient, served_logprobs
-from .vllm_worker import WEIGHT_SYNC_MODES
-from .weight_check import SYNC_CHECK_MODES, WeightSyncCheck, model_logprobs, probe_token_ids
 
 __all__ = [
     "AsymAsyncGRPOConfig",
@@ -88,12 +88,12 @@ class AsymAsyncGRPOConfig(AdvantageArgs, AsyncGRPOConfig):
         vllm_weight_sync_dir (`str` or `None`, *optional*):
             Directory of the disk sync, visible to the server at the same path. Default: `<output_dir>/vllm-weights`.
         vllm_sync_check (`str`, *optional*, defaults to `"error"`):
-            After every disk sync, check that the server serves the trainer's weights (`asym_trl.weight_check`):
-            `"error"`, `"warn"` or `"off"`.
+            After every disk sync, check that the server serves the trainer's weights
+            (`asym_trl.generation.weight_check`): `"error"`, `"warn"` or `"off"`.
         tree_attention (`str`, *optional*, defaults to `"auto"`):
             The packed attention of training: `"fa3"` (TRL's: FlashAttention-3 through the `kernels` package, a Hub
-            download, Hopper GPUs), `"sdpa"` (`asym_trl.async_cpu`: torch SDPA, any device, slower), `"auto"`: FA3
-            with CUDA, SDPA without.
+            download, Hopper GPUs), `"sdpa"` (`asym_trl.generation.async_cpu`: torch SDPA, any device, slower),
+            `"auto"`: FA3 with CUDA, SDPA without.
     """
 
     scale_rewards: str = field(
@@ -344,7 +344,7 @@ class AsymAsyncGRPOTrainer(AsyncGRPOTrainer):
         with async_trainer_shims(no_cuda=on_cpu, no_vllm=importlib.util.find_spec("vllm") is None):
             super().__init__(model, reward_funcs, args, train_dataset, *more, **kwargs)
         if args.tree_attention == "sdpa" or (args.tree_attention == "auto" and on_cpu):
-            from .async_cpu import use_sdpa_tree_attention
+            from .generation.async_cpu import use_sdpa_tree_attention
 
             use_sdpa_tree_attention()  # after TRL registered its FA3 one
         if isinstance(self.rollout_worker, AsyncRolloutWorker):

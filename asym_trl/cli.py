@@ -18,10 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "asym_trl.train_async",
         "train with asynchronous generation: asym-trl train-async --config recipes/cpu/asym-async.yaml",
     ),
-    "push": ("asym_trl.hub", "write a run's model card and push it to the Hub: asym-trl push RUN_DIR"),
-    "eval": ("asym_trl.evaluation", "Avg@k on the paper's math benchmarks (vLLM, server or transformers)"),
-    "vllm-serve": ("asym_trl.vllm_serve", "start a vLLM generation server for vllm_mode='server' training"),
-    "plot": ("asym_trl.plotting", "paper-style diagnostics plots of finished runs (PNG)"),
+    "push": ("asym_trl.launch.hub", "write a run's model card and push it to the Hub: asym-trl push RUN_DIR"),
+    "eval": ("asym_trl.task.evaluation", "Avg@k on the paper's math benchmarks (vLLM, server or transformers)"),
+    "vllm-serve": ("asym_trl.generation.vllm_serve", "start a vLLM generation server for vllm_mode='server' training"),
+    "plot": ("asym_trl.diagnostics.plotting", "paper-style diagnostics plots of finished runs (PNG)"),
 }
 
 

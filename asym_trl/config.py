@@ -8,11 +8,11 @@ from functools import cached_property
 
 from trl import GRPOConfig
 
-from .advantages import GRPO_STD
-from .distributed import init_cpu_process_group
-from .estimators import BETAS, DEFAULT_SUCCESS_THRESHOLD, SCALES, estimator_names, get_estimator
-from .vllm_sync import WEIGHT_SYNC_MODES, validate_weight_sync
-from .weight_check import SYNC_CHECK_MODES
+from .generation.vllm_sync import WEIGHT_SYNC_MODES, validate_weight_sync
+from .generation.weight_check import SYNC_CHECK_MODES
+from .lifecycle.distributed import init_cpu_process_group
+from .method.advantages import GRPO_STD
+from .method.estimators import BETAS, DEFAULT_SUCCESS_THRESHOLD, SCALES, estimator_names, get_estimator
 
 ENTROPY_SCOPES = ("all", "positive", "negative")
 REWARD_FAILURE_POLICIES = ("raise", "unscorable")
@@ -125,7 +125,7 @@ class AsymGRPOConfig(AdvantageArgs, GRPOConfig):
 
     Parameters:
         advantage_estimator (`str`, *optional*, defaults to `"asym"`):
-            How rollout advantages are computed from the group's rewards (see `asym_trl.advantages`):
+            How rollout advantages are computed from the group's rewards (see `asym_trl.method.advantages`):
             `"asym"` (Eq. 10 with `beta_pos`, `beta_neg`), its presets `"reinforce"` (0, 0), `"grpo"` (TRL's GRPO
             on the raw rewards, any rewards; for binary ones the (0.5, 0.5) member; see `grpo_std`), `"pos_only"`
             (0.5, 0), `"neg_only"` (0, 0.5); the sign-weighted REINFORCE presets of Zhu et al. 2025 (beta = (0, 0),
@@ -153,7 +153,7 @@ class AsymGRPOConfig(AdvantageArgs, GRPOConfig):
             every rollout a success and every advantage 0.
         success_reward_func (`str` or `None`, *optional*):
             The reward function whose raw score decides success, by TRL's name (`"accuracy_reward"`) or
-            `asym_trl.rewards.REWARD_FUNCS` name (`"accuracy"`), e.g. to leave a format bonus out; or
+            `asym_trl.task.rewards.REWARD_FUNCS` name (`"accuracy"`), e.g. to leave a format bonus out; or
             `"weighted_sum"` for TRL's weighted sum of all of them. Default: the reward function when there is one;
             with several it must be set (accuracy + format summed would count wrong boxed answers as successes).
             Not used by `"dr_grpo"`; `"grpo"` uses TRL's weighted sum unless it is set. Environment rewards
@@ -184,9 +184,9 @@ class AsymGRPOConfig(AdvantageArgs, GRPOConfig):
         vllm_sync_check (`str`, *optional*, defaults to `"error"`):
             After every weight sync (disk, TRL's NCCL push, colocate), compare the log-probs of a fixed probe under
             the trainer and under the vLLM engine: `"error"` stops training when the engine does not serve the
-            trainer's weights (gap above 10x the gap measured at the first sync, see `asym_trl.weight_check`),
-            `"warn"` warns and goes on, `"off"` skips the check (one probe forward and request per sync).
-        log_diagnostics (`bool`, *optional*, defaults to `True`):
+            trainer's weights (gap above 10x the gap measured at the first sync, see
+            `asym_trl.generation.weight_check`), `"warn"` warns and goes on, `"off"` skips the check (one probe
+        forward and request per sync). log_diagnostics (`bool`, *optional*, defaults to `True`):
             Log the paper's entropy-refinement diagnostics through TRL's metrics (see `docs/diagnostics.md`): group
             all-/none-solved shares (per step and per epoch), the group-accuracy histogram, advantages and token
             entropy on correct vs incorrect rollouts, and Cov(p) (App. B).
@@ -333,7 +333,7 @@ class AsymGRPOConfig(AdvantageArgs, GRPOConfig):
 
     def _validate_run_length(self):
         """Refuse a run that would train nothing and the settings of how a run stops that cannot work."""
-        from .graceful_stop import parse_signals  # ValueError naming an unknown signal
+        from .lifecycle.graceful_stop import parse_signals  # ValueError naming an unknown signal
 
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ValueError(
@@ -359,7 +359,7 @@ class AsymGRPOConfig(AdvantageArgs, GRPOConfig):
     @cached_property
     def _setup_devices(self):
         # transformers passes ddp_timeout to the process group except with use_cpu, where a lost peer would then be
-        # waited for torch's default 30 min: create the CPU group first, with it (asym_trl.distributed)
+        # waited for torch's default 30 min: create the CPU group first, with it (asym_trl.lifecycle.distributed)
         init_cpu_process_group(self.use_cpu, self.ddp_backend, self.ddp_timeout)
         return super()._setup_devices
 

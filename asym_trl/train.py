@@ -5,25 +5,25 @@
     asym-trl train --config recipes/cpu/quickstart.yaml            # same script, one process
     asym-trl train --config recipes/qwen3-4b/asym.yaml --dry-run --num_processes 4
 
-The recipe format, its checks and the batch arithmetic are `asym_trl.recipes`.  What `main()` does, in order:
-1. Resolve and check the recipe (`asym_trl.recipes.parse_args`): an unknown key or a bad value stops here, naming
-   the key, before anything heavy is imported or loaded; then what the run needs is found without loading it
-   (`asym_trl.preflight`: reward functions, datasets, the model's config, a writable `output_dir`).  `--dry-run`:
-   print the resolved recipe, what it found and the batch arithmetic (prompts per rollout step, completions per
-   optimizer step, optimizer steps per generation) and exit.  Every user mistake is one line
+The recipe format, its checks and the batch arithmetic are `asym_trl.launch.recipes`.  What `main()` does, in order:
+1. Resolve and check the recipe (`asym_trl.launch.recipes.parse_args`): an unknown key or a bad value stops here,
+   naming the key, before anything heavy is imported or loaded; then what the run needs is found without loading it
+   (`asym_trl.launch.preflight`: reward functions, datasets, the model's config, a writable `output_dir`).
+   `--dry-run`: print the resolved recipe, what it found and the batch arithmetic (prompts per rollout step,
+   completions per optimizer step, optimizer steps per generation) and exit.  Every user mistake is one line
    `asym-trl train: error: ...` and exit code 2 (`asym_trl.errors`; `ASYM_TRL_DEBUG=1` shows the traceback).
 2. Model: `model_name_or_path` with the recipe's dtype / quantization / LoRA (TRL's `get_quantization_config`,
    `get_peft_config`).  QLoRA is `load_in_4bit: true` + `use_peft: true`; where bitsandbytes cannot run (not
    installed, no CUDA GPU) the launch stops here with the cause and the fix, before any model is loaded.
-3. Data: the training set (`asym_trl.data`, or a `module:function` factory) and the validation benchmarks.
-4. Rewards: `asym_trl.rewards.REWARD_FUNCS` names, or `module:function`.
+3. Data: the training set (`asym_trl.task.data`, or a `module:function` factory) and the validation benchmarks.
+4. Rewards: `asym_trl.task.rewards.REWARD_FUNCS` names, or `module:function`.
 5. Trainer: `AsymGRPOTrainer`, validating greedily every `validation_steps` and keeping the best model in
-   `output_dir/best` (`asym_trl.validation`).
+   `output_dir/best` (`asym_trl.diagnostics.validation`).
 6. Train, resuming from the newest complete checkpoint in `output_dir` (or `resume_from_checkpoint`).  A stop
    signal (SIGTERM, SIGINT, SIGUSR1) checkpoints and exits with code 75; a step that raises checkpoints the last
    completed step first (`docs/stopping.md`).
-7. Save, write the model card, and push once to `hub_model_id` when `push_to_hub: true` (see `asym_trl.hub`; TRL's
-   per-checkpoint pushes are not used).
+7. Save, write the model card, and push once to `hub_model_id` when `push_to_hub: true` (see `asym_trl.launch.hub`;
+   TRL's per-checkpoint pushes are not used).
 """
 
 from __future__ import annotations
@@ -42,31 +42,24 @@ import yaml
 
 from .config import AsymGRPOConfig
 from .errors import one_line_errors
-from .graceful_stop import STOP_EXIT_CODE
-from .preflight import check_model, check_output_dir, locate_datasets
-from .quiet_logs import show_once
-from .recipes import (
+from .launch.preflight import check_model, check_output_dir, locate_datasets
+from .launch.recipes import (
     RESOLVED_RECIPE_FILE,
     RecipeError,
     ScriptArguments,
     describe_plan,
+    import_object,
     parse_args,
     plan_for,
     recipe_source,
 )
+from .lifecycle.graceful_stop import STOP_EXIT_CODE
+from .lifecycle.quiet_logs import show_once
 
 logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------- data and rewards
-def import_object(spec: str, what: str, key: str) -> Any:
-    module_name, _, attr = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise RecipeError(f"{key}: cannot import {what} {spec!r} ({e})") from e
-
-
 def load_reward_funcs(names: list[str]) -> list:
     """Reward functions from `REWARD_FUNCS` names or `package.module:function` specs."""
     funcs = []
@@ -74,7 +67,7 @@ def load_reward_funcs(names: list[str]) -> list:
         if ":" in name:
             funcs.append(import_object(name, "reward function", "reward_funcs"))
             continue
-        from .rewards import REWARD_FUNCS
+        from .task.rewards import REWARD_FUNCS
 
         if name not in REWARD_FUNCS:
             raise RecipeError(f"reward_funcs: unknown reward {name!r}; choose from {sorted(REWARD_FUNCS)}")
@@ -85,11 +78,11 @@ def load_reward_funcs(names: list[str]) -> list:
 def load_datasets(script_args: ScriptArguments):
     """The training set and the validation benchmarks (`{name: dataset}`, empty without validation)."""
     locate_datasets(script_args)
-    from .data import load_benchmark, load_train_dataset
+    from .task.data import load_benchmark, load_train_dataset
 
     name = script_args.dataset_name
     prompt = {"instruction": script_args.dataset_instruction, "system_prompt": script_args.dataset_system_prompt}
-    prompt = {k: v for k, v in prompt.items() if v is not None}  # None: asym_trl.data's defaults
+    prompt = {k: v for k, v in prompt.items() if v is not None}  # None: asym_trl.task.data's defaults
     if ":" in name and not Path(name).exists():
         train = import_object(name, "dataset factory", "dataset_name")()
     else:
@@ -263,17 +256,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from trl import get_peft_config
 
-    from . import hub
+    from .launch import hub
     from .trainer import AsymGRPOTrainer
 
     # model, data and rewards
     training_args.model_init_kwargs = _model_init_kwargs(model_args, training_args)
     try:
         train_dataset, validation = load_datasets(script_args)
-    except (ValueError, FileNotFoundError) as e:  # asym_trl.data names the dataset it cannot load
+    except (ValueError, FileNotFoundError) as e:  # asym_trl.task.data names the dataset it cannot load
         return _error(str(e))
     push = training_args.push_to_hub
-    training_args.push_to_hub = False  # asym_trl.hub pushes once at the end, with its own model card
+    training_args.push_to_hub = False  # asym_trl.launch.hub pushes once at the end, with its own model card
     if push:
         hub.warn_if_cannot_push(training_args.hub_model_id)
 
@@ -286,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         peft_config=get_peft_config(model_args),
     )
     if validation:
-        from .validation import ValidationCallback
+        from .diagnostics.validation import ValidationCallback
 
         trainer.add_callback(
             ValidationCallback(

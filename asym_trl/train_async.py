@@ -3,9 +3,9 @@
     asym-trl vllm-serve MODEL --weight-sync disk ...              # the generation server first (docs/vllm.md)
     asym-trl train-async --config recipes/cpu/asym-async.yaml [--dry-run]
 
-The recipe format is ``asym-trl train``'s (``base:``, ``env:``, command-line overrides; ``asym_trl.recipes``), with
-the keys of :class:`AsyncScriptArguments` and :class:`asym_trl.async_trainer.AsymAsyncGRPOConfig` (every field of
-TRL's ``AsyncGRPOConfig``: no ``use_vllm`` / ``vllm_mode``, no ``GRPOConfig``-only keys). One process trains (TRL's
+The recipe format is ``asym-trl train``'s (``base:``, ``env:``, command-line overrides; ``asym_trl.launch.recipes``),
+with the keys of :class:`AsyncScriptArguments` and :class:`asym_trl.async_trainer.AsymAsyncGRPOConfig` (every field
+of TRL's ``AsyncGRPOConfig``: no ``use_vllm`` / ``vllm_mode``, no ``GRPOConfig``-only keys). One process trains (TRL's
 async trainer also runs under ``accelerate launch``); the model is loaded by TRL from ``model_name_or_path`` with
 ``dtype``; there is no in-training validation here.
 """
@@ -16,15 +16,16 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from .recipes import RecipeError, parse_recipe
-from .train import _write_resolved_recipe, import_object, load_reward_funcs
+from .launch.recipes import RecipeError, import_object, parse_recipe
+from .train import _write_resolved_recipe, load_reward_funcs
 
 __all__ = ["AsyncScriptArguments", "main", "parse_args"]
 
 
 def last_checkpoint(training_args) -> str | None:
     """``resume_from_checkpoint`` when given, else the newest ``checkpoint-N`` in ``output_dir`` (None: start fresh).
-    TRL's async trainer writes no completion marker (``asym_trl.checkpoints`` publishes the sync trainer's only)."""
+    TRL's async trainer writes no completion marker (``asym_trl.lifecycle.checkpoints`` publishes the sync trainer's
+    only)."""
     if training_args.resume_from_checkpoint is not None:
         return training_args.resume_from_checkpoint
     if not os.path.isdir(training_args.output_dir):
@@ -40,9 +41,10 @@ class AsyncScriptArguments:
 
     Parameters:
         model_name_or_path (`str`): the model to train and serve (a Hub id or a local directory).
-        dataset_name (`str`): a name registered in ``asym_trl.data``, a local file, or ``package.module:function``.
+        dataset_name (`str`): a name registered in ``asym_trl.task.data``, a local file, or
+            ``package.module:function``.
         dataset_instruction, dataset_system_prompt, dataset_data_files: as for ``asym-trl train``.
-        reward_funcs (`list[str]`): ``asym_trl.rewards`` names or ``package.module:function`` (module level: the
+        reward_funcs (`list[str]`): ``asym_trl.task.rewards`` names or ``package.module:function`` (module level: the
             rollout worker is a spawned process that unpickles them).
         response_template (`str`, *optional*): one of TRL's response templates (``trl.chat_template_utils``, e.g.
             ``qwen3``) to parse completions with, for a chat template TRL does not recognise (the tiny model's).
@@ -50,7 +52,7 @@ class AsyncScriptArguments:
     """
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "Model id or local directory."})
-    dataset_name: str | None = field(default=None, metadata={"help": "Training set (asym_trl.data or module:fn)."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Training set (task.data name or module:fn)."})
     dataset_instruction: str | None = field(default=None, metadata={"help": "Instruction appended to prompts."})
     dataset_system_prompt: str | None = field(default=None, metadata={"help": "System message before prompts."})
     dataset_data_files: str | None = field(default=None, metadata={"help": "Local copy of the training set."})
@@ -97,7 +99,7 @@ def load_train_set(script_args: AsyncScriptArguments):
         raise RecipeError("dataset_name is not set: give a registered name, a local file or module:function")
     if ":" in name and not os.path.exists(name):
         return import_object(name, "dataset factory", "dataset_name")()
-    from .data import load_train_dataset
+    from .task.data import load_train_dataset
 
     prompt = {"instruction": script_args.dataset_instruction, "system_prompt": script_args.dataset_system_prompt}
     prompt = {k: v for k, v in prompt.items() if v is not None}

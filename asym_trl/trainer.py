@@ -7,19 +7,19 @@ import textwrap
 
 import torch
 
-from .advantages import entropy_shaped_advantages
-from .checkpoints import CheckpointPublisher, CrashCheckpoint, newest_complete_checkpoint
 from .config import AsymGRPOConfig
-from .distributed import lost_peer_error
-from .dynamic_sampling import DynamicSampler
-from .estimators import get_estimator
-from .graceful_stop import GracefulStop, StopSignals, parse_signals
-from .group_diagnostics import GroupDiagnostics
-from .reward_guard import guard_reward_funcs
-from .success import DegenerateWatch, SuccessRule
+from .diagnostics.groups import GroupDiagnostics
+from .generation.vllm_sync import GuardedVLLMGeneration, vllm_generation_class
+from .lifecycle.checkpoints import CheckpointPublisher, CrashCheckpoint, newest_complete_checkpoint
+from .lifecycle.distributed import lost_peer_error
+from .lifecycle.graceful_stop import GracefulStop, StopSignals, parse_signals
+from .lifecycle.reward_guard import guard_reward_funcs
+from .method.advantages import entropy_shaped_advantages
+from .method.estimators import get_estimator
+from .method.success import DegenerateWatch, SuccessRule
+from .rollouts.dynamic_sampling import DynamicSampler
+from .rollouts.zero_signal import ZeroSignalSkip
 from .trl_compat import GRPOHooks, TokenStats, disable_entropy_bonus, micro_step, replace_logged_advantages
-from .vllm_sync import GuardedVLLMGeneration, vllm_generation_class
-from .zero_signal import ZeroSignalSkip
 
 
 class AsymGRPOTrainer(GRPOHooks):
@@ -29,32 +29,32 @@ class AsymGRPOTrainer(GRPOHooks):
     The only changes are:
 
     1. **Advantages** (:meth:`rescore`): after TRL has scored a batch, every group's advantages are recomputed by the
-       registered estimator (:mod:`asym_trl.estimators`) from the rewards TRL gathered from all processes; a rollout
-       succeeds when the deciding reward reaches ``success_threshold``; this process keeps its slice, and the logged
-       advantages (completions table) are fixed.
+       registered estimator (:mod:`asym_trl.method.estimators`) from the rewards TRL gathered from all processes; a
+       rollout succeeds when the deciding reward reaches ``success_threshold``; this process keeps its slice, and the
+       logged advantages (completions table) are fixed.
     2. **Entropy advantage** (``entropy_adv_alpha > 0``): inside the loss, each token's advantage becomes
        ``A + min(alpha * H_t, |A| / kappa)`` (Cheng et al.), from the entropies TRL computes for the loss.
     3. **Scoped entropy bonus** (``entropy_scope`` other than ``"all"``): TRL's bonus applies to the tokens of
        correct (or incorrect) rollouts only, with TRL's per-token weight.
-    4. **Diagnostics** (``log_diagnostics``): a :class:`~asym_trl.group_diagnostics.GroupDiagnostics` callback is fed
+    4. **Diagnostics** (``log_diagnostics``): a :class:`~asym_trl.diagnostics.groups.GroupDiagnostics` callback is fed
        each scored batch and each loss micro-batch (``docs/diagnostics.md``).
     5. **Weight sync** (``use_vllm``): after every push the engine is checked end to end to serve the trainer's
        weights (``vllm_sync_check``); with ``vllm_weight_sync="disk"`` the push goes through disk and the server's
-       worker extension instead of NCCL (:mod:`asym_trl.vllm_sync`).
+       worker extension instead of NCCL (:mod:`asym_trl.generation.vllm_sync`).
     6. **Zero-signal skip** (``skip_zero_signal``): rollouts whose gradient is exactly zero are gathered into the
        first micro-batches of their optimizer step (within runs of ``gcd(steps_per_generation,
        gradient_accumulation_steps)`` micro-batches) and left out of the loss forward/backward, with the full
-       micro-batch's normaliser (:mod:`asym_trl.zero_signal`).
+       micro-batch's normaliser (:mod:`asym_trl.rollouts.zero_signal`).
     7. **Dynamic sampling** (``dynamic_sampling``): zero-signal groups are replaced by informative groups generated
-       again, from new training prompts or the same ones, up to a cap (:mod:`asym_trl.dynamic_sampling`).
+       again, from new training prompts or the same ones, up to a cap (:mod:`asym_trl.rollouts.dynamic_sampling`).
     8. **How a run stops** (``docs/stopping.md``): reward functions are checked and may fail as
-       ``reward_failure_policy`` says (:mod:`asym_trl.reward_guard`); during :meth:`train` a stop signal ends training
-       with a checkpoint at the next exact resume point (:mod:`asym_trl.graceful_stop`), a step that raises first
-       checkpoints the last completed step (one process), checkpoints are published complete, and
-       ``resume_from_checkpoint=True`` takes the newest complete one (:mod:`asym_trl.checkpoints`).
+       ``reward_failure_policy`` says (:mod:`asym_trl.lifecycle.reward_guard`); during :meth:`train` a stop signal
+       ends training with a checkpoint at the next exact resume point (:mod:`asym_trl.lifecycle.graceful_stop`), a
+       step that raises first checkpoints the last completed step (one process), checkpoints are published complete,
+       and ``resume_from_checkpoint=True`` takes the newest complete one (:mod:`asym_trl.lifecycle.checkpoints`).
     9. **A lost peer** (several processes or nodes): a collective that fails because another process died or stopped
-       answering raises :class:`~asym_trl.distributed.LostPeerError`, naming this process and the node it lost;
-       ``ddp_timeout`` bounds the wait on CPU too (:mod:`asym_trl.distributed`).
+       answering raises :class:`~asym_trl.lifecycle.distributed.LostPeerError`, naming this process and the node it
+       lost; ``ddp_timeout`` bounds the wait on CPU too (:mod:`asym_trl.lifecycle.distributed`).
 
     How they reach TRL's private methods (pinned to trl 1.16.0) is :mod:`asym_trl.trl_compat`.
     """

@@ -14,7 +14,7 @@ import time
 import torch
 from trl.trainer.utils import nanstd
 
-from asym_trl.estimators import compute_advantages
+from asym_trl.method.estimators import compute_advantages
 
 
 def trl_grpo(rewards: torch.Tensor, G: int) -> torch.Tensor:

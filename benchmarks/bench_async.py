@@ -86,8 +86,8 @@ def build(name: str, opts, url: str, out_dir: str):
             return AsymGRPOTrainer(opts.model, toy_sum_reward, args=args, train_dataset=dataset)
         from trl import GRPOConfig, GRPOTrainer
 
+        from asym_trl.generation.vllm_sync import DiskSyncVLLMGeneration
         from asym_trl.trl_compat import swap_vllm_generation
-        from asym_trl.vllm_sync import DiskSyncVLLMGeneration
 
         disk = functools.partial(DiskSyncVLLMGeneration, weights_dir=f"{out_dir}/sync", sync_check="off")
         with swap_vllm_generation(disk):  # TRL's push is NCCL only: the disk push, as AsymGRPOTrainer's
@@ -99,7 +99,7 @@ def build(name: str, opts, url: str, out_dir: str):
     # token_budget 0: exactly --batch samples per optimizer step (TRL's default packs by the server's max_model_len)
     queue = dict(max_staleness=opts.max_staleness, queue_maxsize=opts.max_staleness * opts.batch, token_budget=0)
     # TRL's FA3 packed attention is a Hub download: both async trainers use asym_trl's SDPA one, on either device
-    from asym_trl.async_cpu import use_sdpa_tree_attention
+    from asym_trl.generation.async_cpu import use_sdpa_tree_attention
 
     tokenizer = async_tokenizer(opts.model)
     if name == "asym-async":
@@ -140,7 +140,7 @@ def build(name: str, opts, url: str, out_dir: str):
 
 
 def run(name: str, opts, url: str, out_dir: str) -> dict:
-    from asym_trl.vllm_sync import DiskSyncClient
+    from asym_trl.generation.vllm_sync import DiskSyncClient
 
     DiskSyncClient(url).reload_weights(opts.model)  # every trainer starts against the checkpoint
     trainer = build(name, opts, url, out_dir)
@@ -173,7 +173,7 @@ def server(model: str, python: str, log_path: str, device: str):
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        from asym_trl.vllm_sync import wait_for_server
+        from asym_trl.generation.vllm_sync import wait_for_server
 
         wait_for_server(url, timeout=900)
         yield url

@@ -51,10 +51,10 @@ def main() -> None:
     opts = parser.parse_args()
 
     from asym_trl.apps.tiny import build_tiny_model
-    from asym_trl.data import load_train_dataset
-    from asym_trl.evaluation import evaluate_benchmark
-    from asym_trl.generation import EvalSampling, TransformersGenerator
-    from asym_trl.rewards import get_verifier
+    from asym_trl.generation.backends import EvalSampling, TransformersGenerator
+    from asym_trl.task.data import load_train_dataset
+    from asym_trl.task.evaluation import evaluate_benchmark
+    from asym_trl.task.rewards import get_verifier
 
     torch.set_num_threads(1)
     model_dir = build_tiny_model(tempfile.mkdtemp(prefix="bench-eval-"))

@@ -57,7 +57,7 @@ def make_mix(n: int, seed: int = 0) -> tuple[list, list]:
 
 
 def _ours(args):
-    from asym_trl.rewards import accuracy_reward
+    from asym_trl.task.rewards import accuracy_reward
 
     completions, solutions = args
     accuracy_reward(completions[:2], solutions[:2])  # start this process's worker

@@ -221,7 +221,7 @@ def sync_to_disk(trainer, weights_dir: Path, shapes: dict) -> dict:
     model's own, unsharded."""
     from safetensors import safe_open
 
-    from asym_trl.vllm_sync import WEIGHTS_FILE, DiskSyncVLLMGeneration
+    from asym_trl.generation.vllm_sync import WEIGHTS_FILE, DiskSyncVLLMGeneration
 
     class StandInDiskSync(DiskSyncVLLMGeneration):
         def init_engine(self):

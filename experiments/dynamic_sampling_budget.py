@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 
 from asym_trl.apps.quickstart import QuickstartSettings, default_cache_dir, evaluate_heldout, train_rl, warm_start
 from asym_trl.apps.tiny import last_digit_splits
-from asym_trl.generation import TransformersGenerator
+from asym_trl.generation.backends import TransformersGenerator
 
 DYNAMIC = {"dynamic_sampling": True, "dynamic_sampling_max_generations": 3}
 ARMS = {

@@ -14,10 +14,10 @@ fixed before any comparison.  One command per stage, resumable, one JSON per run
 3. **Warm start on test** (``warm_start.json``): the "before" of every gain.
 4. **Runs**: ``python -m asym_trl.train --config recipes/cpu/testbed/<method>.yaml`` per (method, seed), each
    checkpoint on the validation set (the validation curve), the final policy on the test set
-   (:func:`asym_trl.exploration.exploration_report`: Avg@n, pass@k, distinct correct solutions, entropy on correct /
-   incorrect samples); the training curve and the per-epoch group shares from the trainer's own diagnostics.
+   (:func:`asym_trl.diagnostics.exploration.exploration_report`: Avg@n, pass@k, distinct correct solutions, entropy on
+   correct / incorrect samples); the training curve and the per-epoch group shares from the trainer's own diagnostics.
 5. **Analysis**: per claim, the paired t-test on same-seed differences, Holm's correction across every claim
-   (:mod:`asym_trl.seed_stats`), the verdict rule -> ``table.md`` and ``results.json``.
+   (:mod:`asym_trl.diagnostics.seed_stats`), the verdict rule -> ``table.md`` and ``results.json``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # asym_trl from this checkout, also in spawned workers
 
-from asym_trl.seed_stats import ALPHA, holm, paired_t, student_t_quantile, verdict  # noqa: E402
+from asym_trl.diagnostics.seed_stats import ALPHA, holm, paired_t, student_t_quantile, verdict  # noqa: E402
 
 RECIPES = ROOT / "recipes" / "cpu" / "testbed"
 METHODS = {  # recipe -> label, in Table 1's order
@@ -213,9 +213,9 @@ def evaluate(model_dir, dataset, n: int, ks: list[int], seed: int, full: bool = 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from asym_trl.apps.countdown import canonical, countdown_reward
-    from asym_trl.evaluation import evaluate_benchmark
-    from asym_trl.exploration import exploration_report
-    from asym_trl.generation import EvalSampling, TransformersGenerator
+    from asym_trl.diagnostics.exploration import exploration_report
+    from asym_trl.generation.backends import EvalSampling, TransformersGenerator
+    from asym_trl.task.evaluation import evaluate_benchmark
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -27,7 +27,7 @@ import torch
 
 from asym_trl.apps.quickstart import QuickstartSettings, default_cache_dir, evaluate_heldout, train_rl, warm_start
 from asym_trl.apps.tiny import last_digit_splits
-from asym_trl.generation import TransformersGenerator
+from asym_trl.generation.backends import TransformersGenerator
 
 METHODS = {  # name -> (advantage_estimator, beta_pos, beta_neg)
     "REINFORCE (0,0)": ("reinforce", None, None),

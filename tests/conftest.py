@@ -60,9 +60,9 @@ def gemm_paths(log_path: Path) -> list[str]:
 
 @contextlib.contextmanager
 def _serve(model_dir: Path, log_path: Path, dtype: str = "bfloat16"):
-    """``asym_trl.vllm_serve.cpu_server`` for tests: fails (or skips, with ASYM_TRL_SKIP_VLLM_SERVER=1) without the
-    vLLM venv; DEBUG logging, so that vLLM names the GEMM kernels, which are printed."""
-    from asym_trl.vllm_serve import ServerStartError, cpu_server
+    """``asym_trl.generation.vllm_serve.cpu_server`` for tests: fails (or skips, with ASYM_TRL_SKIP_VLLM_SERVER=1)
+    without the vLLM venv; DEBUG logging, so that vLLM names the GEMM kernels, which are printed."""
+    from asym_trl.generation.vllm_serve import ServerStartError, cpu_server
 
     if not Path(VLLM_PYTHON).exists():
         message = f"no vLLM interpreter at {VLLM_PYTHON}: run scripts/setup_vllm_cpu.sh (make test does)"

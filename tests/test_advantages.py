@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asym_trl.advantages import (
+from asym_trl.method.advantages import (
     asym_advantages,
     dr_grpo_advantages,
     ent_decrease_advantages,
@@ -18,7 +18,7 @@ from asym_trl.advantages import (
     entropy_shaped_advantages,
     pass_at_k_advantages,
 )
-from asym_trl.estimators import ADVANTAGE_ESTIMATORS, compute_advantages
+from asym_trl.method.estimators import ADVANTAGE_ESTIMATORS, compute_advantages
 
 GROUP_SIZES = range(2, 65)
 

@@ -182,7 +182,7 @@ def test_sdpa_tree_attention_equals_a_plain_forward(tiny_model_path):
     from transformers import AutoModelForCausalLM
     from trl.experimental.async_grpo.packing import TREE_ATTENTION, TreeRow
 
-    from asym_trl.async_cpu import use_sdpa_tree_attention
+    from asym_trl.generation.async_cpu import use_sdpa_tree_attention
 
     use_sdpa_tree_attention()
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_path, attn_implementation="sdpa").eval()

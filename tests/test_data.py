@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from asym_trl import data
-from asym_trl.data import (
+from asym_trl.task import data
+from asym_trl.task.data import (
     BENCHMARKS,
     DEFAULT_INSTRUCTION,
     TRAIN_DATASETS,
@@ -15,7 +15,7 @@ from asym_trl.data import (
     load_train_dataset,
     make_prompt,
 )
-from asym_trl.rewards import MathVerifier, score_completions
+from asym_trl.task.rewards import MathVerifier, score_completions
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -1,4 +1,4 @@
-"""Diagnostics (asym_trl/diagnostics.py and the trainer's logging) against values computed by hand.
+"""Diagnostics (asym_trl/diagnostics/measures.py and the trainer's logging) against values computed by hand.
 
 Unit tests feed small crafted tensors.  Trainer tests replace generation by a scripted ``rollout_func`` so the
 rewards of every group are known, recompute log-probs and entropies with an independent forward pass of the
@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
-from asym_trl import diagnostics as diag
 from asym_trl.apps.tiny import cpu_run_kwargs
+from asym_trl.diagnostics import measures as diag
 
 REPO = Path(__file__).resolve().parents[1]
 G = 4

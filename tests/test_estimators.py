@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from asym_trl import ADVANTAGE_ESTIMATORS, AsymGRPOConfig, register_estimator
-from asym_trl.advantages import BETA_PRESETS, SIGN_SCALE_PRESETS
-from asym_trl.estimators import estimator_names, get_estimator
-from asym_trl.recipes import make_parser
+from asym_trl.launch.recipes import make_parser
+from asym_trl.method.advantages import BETA_PRESETS, SIGN_SCALE_PRESETS
+from asym_trl.method.estimators import estimator_names, get_estimator
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "estimators.md"
 
@@ -44,7 +44,7 @@ def test_the_docs_example_registers_an_estimator_a_config_accepts(capsys):
         with pytest.raises(ValueError, match="beta_pos is not used by advantage_estimator='sign'"):
             AsymGRPOConfig(output_dir="out", advantage_estimator="sign", beta_pos=0.5, use_cpu=True, bf16=False)
     finally:
-        from asym_trl import estimators
+        from asym_trl.method import estimators
 
         estimators._REGISTRY.pop("sign", None)
 
@@ -52,7 +52,7 @@ def test_the_docs_example_registers_an_estimator_a_config_accepts(capsys):
 def test_a_module_spec_names_a_registered_estimator(tmp_path, monkeypatch):
     (tmp_path / "my_estimators.py").write_text(
         "from asym_trl import register_estimator\n"
-        "from asym_trl.advantages import asym_advantages\n"
+        "from asym_trl.method.advantages import asym_advantages\n"
         "half = register_estimator('half', params=('beta_pos', 'beta_neg', 'success_threshold'),\n"
         "                          fixed={'beta_pos': 0.5, 'beta_neg': 0.5})(asym_advantages)\n"
     )
@@ -62,7 +62,7 @@ def test_a_module_spec_names_a_registered_estimator(tmp_path, monkeypatch):
         assert (args.beta_pos, args.beta_neg) == (0.5, 0.5)
         assert get_estimator("my_estimators:half").name == "half"
     finally:
-        from asym_trl import estimators
+        from asym_trl.method import estimators
 
         estimators._REGISTRY.pop("half", None)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from asym_trl.cli import main as cli_main
-from asym_trl.data import load_benchmark
-from asym_trl.evaluation import PAPER_K, avg_at_k, evaluate, evaluate_benchmark, markdown_table
-from asym_trl.generation import EvalSampling, OpenAIServerGenerator, TransformersGenerator, VLLMGenerator
-from asym_trl.rewards import MathVerifier
+from asym_trl.generation.backends import EvalSampling, OpenAIServerGenerator, TransformersGenerator, VLLMGenerator
+from asym_trl.task.data import load_benchmark
+from asym_trl.task.evaluation import PAPER_K, avg_at_k, evaluate, evaluate_benchmark, markdown_table
+from asym_trl.task.rewards import MathVerifier
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

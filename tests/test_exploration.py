@@ -5,7 +5,7 @@ import math
 import pytest
 
 from asym_trl.apps.countdown import canonical, countdown_reward, solutions
-from asym_trl.exploration import distinct_correct, mean_distinct_at_k, mean_pass_at_k, pass_at_k
+from asym_trl.diagnostics.exploration import distinct_correct, mean_distinct_at_k, mean_pass_at_k, pass_at_k
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 The FSDP run uses recipes/accelerate_configs/fsdp.yaml with only its device keys changed for CPU. accelerate runs FSDP
 only on accelerators (on CPU it trains plain DDP without a word), so the trainer of tests/scripts/record_fsdp.py
-switches its state to FSDP (asym_trl.apps.multinode.FSDPOnCPU): accelerate's own FSDP2 preparation and TRL's FSDP2
+switches its state to FSDP (asym_trl.apps.multinode_node.FSDPOnCPU): accelerate's own FSDP2 preparation and TRL's FSDP2
 code paths then run as on GPUs.
 """
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from asym_trl.apps.multinode import Rehearsal, compare_resume
-from asym_trl.distributed import lost_peer_error
+from asym_trl.lifecycle.distributed import lost_peer_error
 
 ROOT = Path(__file__).parents[1]
 RESET = (
@@ -87,7 +87,7 @@ print("asym", timeout())
 # ----------------------------------------------------------------------------- slow: the rehearsal on loopback
 @pytest.fixture(scope="module")
 def rehearsal(vllm_server, tmp_path_factory):
-    from asym_trl.vllm_sync import DiskSyncClient
+    from asym_trl.generation.vllm_sync import DiskSyncClient
 
     url, model_dir, _ = vllm_server  # the session's server: the third node, reached by URL
     yield Rehearsal(tmp_path_factory.mktemp("multinode"), model_dir, url)

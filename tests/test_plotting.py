@@ -1,4 +1,4 @@
-"""Plots of a finished run (asym_trl/plotting.py): from a real tiny training run's trainer_state.json."""
+"""Plots of a finished run (asym_trl/diagnostics/plotting.py): from a real tiny training run's trainer_state.json."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
 from asym_trl.apps.tiny import cpu_run_kwargs, toy_sum_dataset
 from asym_trl.cli import main as cli_main
-from asym_trl.diagnostics import rollout_steps_done
-from asym_trl.plotting import PANELS, ema, load_log_history, make_figure, plot_runs, rollout_axis
+from asym_trl.diagnostics.measures import rollout_steps_done
+from asym_trl.diagnostics.plotting import PANELS, ema, load_log_history, make_figure, plot_runs, rollout_axis
 
 
 def digit_first(completions, **kwargs):
@@ -95,7 +95,7 @@ def test_missing_metrics_are_named_not_blank():
 
 
 def test_validation_accuracy_in_percent_gets_its_own_axis():
-    # ValidationCallback (asym_trl.validation) logs val/<benchmark> and val/avg in percent every N steps.
+    # ValidationCallback (asym_trl.diagnostics.validation) logs val/<benchmark> and val/avg in percent every N steps.
     history = [{"step": s, "reward": 0.1 * s, **({"val/avg": 10.0 * s} if s % 2 == 0 else {})} for s in range(1, 5)]
     fig = make_figure([history], ["run"])
     twin = fig.axes[-1]
@@ -190,7 +190,7 @@ def test_load_log_history_finds_the_newest_checkpoint(tmp_path):
 
 def test_quickstart_figure_draws_train_entropy_only_where_it_was_logged(tmp_path):
     """With the zero-signal skip (default), steps that skipped rows log entropy/informative instead of entropy."""
-    from asym_trl.plotting import plot_quickstart
+    from asym_trl.diagnostics.plotting import plot_quickstart
 
     keys = ("greedy_accuracy", "sampled_accuracy", "all_solved", "none_solved", "entropy_correct", "entropy_incorrect")
     summary = {"before": dict.fromkeys(keys, 0.2), "after": dict.fromkeys(keys, 0.4), "settings": {"num_test": 10}}

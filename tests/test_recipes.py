@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from asym_trl.recipes import RecipeError, batch_plan, describe_plan, load_recipe, parse_args, plan_for
+from asym_trl.launch.recipes import RecipeError, batch_plan, describe_plan, load_recipe, parse_args, plan_for
 from asym_trl.train import main
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

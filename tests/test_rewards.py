@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from asym_trl.rewards import (
+from asym_trl.task.rewards import (
     REWARD_FUNCS,
     TIMEOUT_ENV,
     AnswerLimits,
@@ -287,7 +287,7 @@ def test_two_processes_match_one(monkeypatch):
 def test_rewards_in_a_real_trl_run(tiny_model_path, cpu_config):
     """Data -> rewards -> TRL contract: the `solution` column reaches the rewards and the metrics reach the logs."""
     from asym_trl import AsymGRPOTrainer
-    from asym_trl.data import load_train_dataset
+    from asym_trl.task.data import load_train_dataset
 
     dataset = load_train_dataset("basic_arithmetic", size=16)
     trainer = AsymGRPOTrainer(

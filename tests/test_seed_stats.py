@@ -1,10 +1,10 @@
-"""The study's statistics (asym_trl/seed_stats.py) against tabled and hand-computed values."""
+"""The study's statistics (asym_trl/diagnostics/seed_stats.py) against tabled and hand-computed values."""
 
 import math
 
 import pytest
 
-from asym_trl.seed_stats import holm, paired_t, student_t_cdf, student_t_quantile, verdict
+from asym_trl.diagnostics.seed_stats import holm, paired_t, student_t_cdf, student_t_quantile, verdict
 
 
 @pytest.mark.parametrize(

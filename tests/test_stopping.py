@@ -20,8 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from asym_trl.checkpoints import COMPLETE_FILE, incomplete_reason, newest_complete_checkpoint
-from asym_trl.graceful_stop import STOP_EXIT_CODE, parse_signals
+from asym_trl.lifecycle.checkpoints import COMPLETE_FILE, incomplete_reason, newest_complete_checkpoint
+from asym_trl.lifecycle.graceful_stop import STOP_EXIT_CODE, parse_signals
 from asym_trl.train import main
 from tests.scripts import stop_rewards
 
@@ -270,7 +270,7 @@ def test_validation_gives_up_between_batches_when_a_stop_is_requested(tmp_path, 
 
     from datasets import Dataset
 
-    from asym_trl.validation import ValidationCallback
+    from asym_trl.diagnostics.validation import ValidationCallback
 
     rows = [{"prompt": [{"role": "user", "content": f"{i}+1?"}], "solution": str(i + 1)} for i in range(8)]
     accelerator = SimpleNamespace(process_index=0, num_processes=1, device="cpu", gather=lambda t: t)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from asym_trl.seed_stats import holm, paired_t
+from asym_trl.diagnostics.seed_stats import holm, paired_t
 
 ROOT = Path(__file__).resolve().parents[1]
 

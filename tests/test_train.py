@@ -1,5 +1,5 @@
 """asym_trl.train end to end on the tiny model (one process, resume, LoRA, wandb offline, two CPU processes) and
-asym_trl.hub (model card, push failures leaving the run intact)."""
+asym_trl.launch.hub (model card, push failures leaving the run intact)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from asym_trl import hub
+from asym_trl.launch import hub
 from asym_trl.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,8 +248,9 @@ def test_two_process_cpu_accelerate_launch(tiny_model_path, tmp_path):
 
 
 def test_real_data_rewards_and_greedy_validation(tiny_model_path, tmp_path):
-    """asym_trl.data + the accuracy reward + ValidationCallback as the GPU recipes use them, offline: a reasoning-gym
-    training set and a local validation file; the best model lands in output_dir/best and is what gets pushed."""
+    """asym_trl.task.data + the accuracy reward + ValidationCallback as the GPU recipes use them, offline: a
+    reasoning-gym training set and a local validation file; the best model lands in output_dir/best and is what gets
+    pushed."""
     val = tmp_path / "val.jsonl"
     val.write_text(
         "".join(json.dumps({"problem": f"What is {a} + 1?", "answer": str(a + 1)}) + "\n" for a in range(6))
@@ -273,7 +274,7 @@ def test_real_data_rewards_and_greedy_validation(tiny_model_path, tmp_path):
 
 def test_registered_training_set_from_a_local_copy_with_system_prompt(tmp_path):
     """`dataset_name: math` + `dataset_data_files`: the GPU recipes' data on a machine without Hub access."""
-    from asym_trl.recipes import parse_args
+    from asym_trl.launch.recipes import parse_args
     from asym_trl.train import load_datasets
 
     copy = tmp_path / "math-train.jsonl"

@@ -128,7 +128,7 @@ def test_non_binary_rewards_never_train_nothing_silently(estimator, tiny_model_p
 
 
 def test_a_run_with_every_advantage_zero_warns(tiny_model_path, cpu_config, monkeypatch):
-    monkeypatch.setattr("asym_trl.success.DEGENERATE_BATCHES", 2)
+    monkeypatch.setattr("asym_trl.method.success.DEGENERATE_BATCHES", 2)
 
     def solved(completions, **kwargs):
         return [1.0] * len(completions)

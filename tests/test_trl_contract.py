@@ -105,7 +105,7 @@ def test_generation_step_counter_and_vllm_sync_tag():
 
 
 def test_training_micro_batches_come_from_one_buffer_indexed_by_the_micro_step():
-    """asym_trl.zero_signal moves rows between the micro-batches of TRL's buffer right after TRL fills it."""
+    """asym_trl.rollouts.zero_signal moves rows between the micro-batches of TRL's buffer right after TRL fills it."""
     src = inspect.getsource(GRPOTrainer._prepare_inputs)
     assert "generation_batches = split_tensor_dict(generation_batch, self.args.steps_per_generation)" in src
     assert "self._buffered_inputs = [" in src
@@ -113,7 +113,7 @@ def test_training_micro_batches_come_from_one_buffer_indexed_by_the_micro_step()
 
 
 def test_vllm_generation_is_built_in_init_and_syncs_through_one_method():
-    """asym_trl.vllm_sync swaps the VLLMGeneration class GRPOTrainer.__init__ builds (disk weight sync)."""
+    """asym_trl.generation.vllm_sync swaps the VLLMGeneration class GRPOTrainer.__init__ builds (disk weight sync)."""
     import trl.trainer.grpo_trainer as grpo_module
 
     assert "VLLMGeneration(" in inspect.getsource(GRPOTrainer.__init__)
@@ -139,13 +139,15 @@ def test_no_private_trl_access_outside_trl_compat():
     )
     pattern = re.compile(r"\.(" + "|".join(re.escape(n) for n in names) + r")\b|trl\.generation\.vllm_generation")
     found = []
-    for path in sorted(PACKAGE.glob("*.py")):
-        if path.name == "trl_compat.py":
+    paths = sorted(PACKAGE.rglob("*.py"))
+    assert len(paths) > 40 and PACKAGE / "rollouts" / "zero_signal.py" in paths  # the sub-packages are read too
+    for path in paths:
+        if path == PACKAGE / "trl_compat.py":
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
             code = line.split("#", 1)[0]
             if pattern.search(code) and "``" not in code:  # docstrings quote names in ``...``
-                found.append(f"{path.name}:{number}: {line.strip()}")
+                found.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
     assert not found, "private TRL access outside asym_trl/trl_compat.py:\n" + "\n".join(found)
 
 
@@ -176,7 +178,7 @@ def test_the_loss_is_always_compute_loss_even_with_liger():
 
 
 def test_loss_normalisers_the_zero_signal_skip_relies_on():
-    """asym_trl.zero_signal rescales TRL's loss of the kept rows by trl_compat.loss_normaliser's kind."""
+    """asym_trl.rollouts.zero_signal rescales TRL's loss of the kept rows by trl_compat.loss_normaliser's kind."""
     src = inspect.getsource(GRPOTrainer._compute_loss)
     assert "((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()" in src  # rows: grpo, sapo
     assert "(per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)" in src  # tokens: bnpo
@@ -188,7 +190,8 @@ def test_loss_normalisers_the_zero_signal_skip_relies_on():
 
 
 def test_save_checkpoint_writes_a_full_checkpoint_of_the_current_step():
-    """asym_trl.checkpoints' crash checkpoint calls the Trainer's own checkpoint writer, then the on_save callbacks."""
+    """asym_trl.lifecycle.checkpoints' crash checkpoint calls the Trainer's own checkpoint writer, then the on_save
+    callbacks."""
     from transformers import Trainer
 
     assert params(Trainer._save_checkpoint) == params(GRPOTrainer._save_checkpoint) == ["self", "model", "trial"]
@@ -229,13 +232,13 @@ def test_async_rollout_loop_hooks():
 
 def test_async_trainer_cpu_obstacles_and_what_we_rely_on():
     """The two GPU assumptions of AsyncGRPOTrainer.__init__ that trl_compat.async_trainer_shims answers, the packed
-    attention asym_trl.async_cpu replaces, and the loss / staleness lines the async trainer reads."""
+    attention asym_trl.generation.async_cpu replaces, and the loss / staleness lines the async trainer reads."""
     from trl.experimental.async_grpo import AsyncGRPOTrainer, packing
     from trl.experimental.async_grpo import async_grpo_trainer as trainer_module
     from trl.experimental.async_grpo.async_rollout_worker import AsyncRolloutWorker
 
-    from asym_trl.async_cpu import sdpa_tree_attention
     from asym_trl.async_trainer import AsymAsyncGRPOTrainer
+    from asym_trl.generation.async_cpu import sdpa_tree_attention
 
     init = inspect.getsource(AsyncGRPOTrainer.__init__)
     assert "get_peak_flops_per_device(self.accelerator, dtype)" in init

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from asym_trl import AsymGRPOTrainer
 from asym_trl.apps.tiny import toy_sum_dataset, toy_sum_reward
-from asym_trl.data import load_benchmark
-from asym_trl.validation import ValidationCallback, select_best
+from asym_trl.diagnostics.validation import ValidationCallback, select_best
+from asym_trl.task.data import load_benchmark
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -182,7 +182,7 @@ def test_validation_generates_through_the_runs_vllm(tiny_model_path, cpu_config,
     the transformers path logs on the same completions."""
     from transformers import AutoTokenizer
 
-    from asym_trl import validation
+    from asym_trl.diagnostics import validation
 
     trainer = _trainer(tiny_model_path, cpu_config, max_completion_length=6)
     benchmarks = _fixture_benchmarks()
@@ -244,8 +244,9 @@ def test_validation_generates_through_the_runs_vllm(tiny_model_path, cpu_config,
 DISTRIBUTED_SCRIPT = """
 import json, os, sys
 from pathlib import Path
-from asym_trl import AsymGRPOConfig, AsymGRPOTrainer, validation
-from asym_trl.data import load_benchmark
+from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
+from asym_trl.diagnostics import validation
+from asym_trl.task.data import load_benchmark
 from asym_trl.apps.tiny import toy_sum_dataset, toy_sum_reward
 
 out_dir, model_dir, bench_file, backend = sys.argv[1:5]

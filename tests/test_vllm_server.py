@@ -19,11 +19,11 @@ from conftest import gemm_paths
 
 from asym_trl import AsymGRPOTrainer
 from asym_trl.apps.tiny import cpu_run_kwargs, toy_sum_dataset, toy_sum_reward
-from asym_trl.data import load_benchmark
-from asym_trl.validation import ValidationCallback
-from asym_trl.vllm_serve import main as vllm_serve_main
-from asym_trl.vllm_sync import DiskSyncClient, DiskSyncVLLMGeneration, served_logprobs
-from asym_trl.weight_check import SyncMismatchError
+from asym_trl.diagnostics.validation import ValidationCallback
+from asym_trl.generation.vllm_serve import main as vllm_serve_main
+from asym_trl.generation.vllm_sync import DiskSyncClient, DiskSyncVLLMGeneration, served_logprobs
+from asym_trl.generation.weight_check import SyncMismatchError
+from asym_trl.task.data import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -136,7 +136,10 @@ def test_vllm_serve_command(capsys):
     cpu = capsys.readouterr().out
     assert "VLLM_TARGET_DEVICE=cpu" in cpu and "--port 9001" in cpu
     assert "weight-transfer-config" not in cpu
-    assert "--worker-extension-cls asym_trl.vllm_worker.WeightSyncExtension" in cpu and "worker-extension" not in gpu
+    assert (
+        "--worker-extension-cls asym_trl.generation.vllm_worker.WeightSyncExtension" in cpu
+        and "worker-extension" not in gpu
+    )
     assert cpu.rstrip().endswith("--kv-cache-memory-bytes 1G --enforce-eager")
 
     vllm_serve_main(
@@ -149,14 +152,16 @@ def test_vllm_serve_command(capsys):
 
 
 def test_vllm_serve_refuses_an_environment_without_the_extension(tmp_path, monkeypatch, capsys):
-    """--weight-sync disk needs asym_trl.vllm_worker importable by the server's interpreter: checked before the
-    minute-long start, with the install command in the message."""
+    """--weight-sync disk needs asym_trl.generation.vllm_worker importable by the server's interpreter: checked before
+    the minute-long start, with the install command in the message."""
     monkeypatch.chdir(tmp_path)  # `python -c` imports from the working directory
     monkeypatch.delenv("PYTHONPATH", raising=False)
     bare = "/usr/bin/python3"  # the system interpreter: no asym_trl, no torch
     assert vllm_serve_main(["m", "--device", "cpu", "--weight-sync", "disk", "--python", bare]) == 2
     err = capsys.readouterr().err
-    assert re.search(r"^asym-trl vllm-serve: error: .*cannot import asym_trl\.vllm_worker.*pip install --no-deps", err)
+    assert re.search(
+        r"^asym-trl vllm-serve: error: .*cannot import asym_trl\.generation\.vllm_worker.*pip install --no-deps", err
+    )
 
 
 # ----------------------------------------------------------------------------- slow: a real vLLM server
@@ -356,7 +361,7 @@ def test_async_training_through_the_server(vllm_server, tmp_path):
         DiskWeightTransfer,
         single_sequence_packing,
     )
-    from asym_trl.weight_check import model_logprobs
+    from asym_trl.generation.weight_check import model_logprobs
 
     def trainer_logprobs(model):  # the trainer's model computes attention through TRL's packing only
         return model_logprobs(model, PROBE, **single_sequence_packing(len(PROBE)))

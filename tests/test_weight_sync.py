@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from asym_trl.vllm_sync import DiskSyncVLLMGeneration, GuardedVLLMGeneration
-from asym_trl.vllm_worker import WeightSyncExtension, refresh_tied_layers, tied_layers
-from asym_trl.weight_check import (
+from asym_trl.generation.vllm_sync import DiskSyncVLLMGeneration, GuardedVLLMGeneration
+from asym_trl.generation.vllm_worker import WeightSyncExtension, refresh_tied_layers, tied_layers
+from asym_trl.generation.weight_check import (
     FACTOR,
     FIRST_SYNC_MAX,
     FLOOR,
@@ -153,7 +153,10 @@ def test_worker_extension_imports_without_trl():
     import subprocess
     import sys
 
-    code = "import sys, asym_trl.vllm_worker; assert 'trl' not in sys.modules and 'transformers' not in sys.modules"
+    code = (
+        "import sys, asym_trl.generation.vllm_worker; "
+        "assert 'trl' not in sys.modules and 'transformers' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -248,7 +251,7 @@ def _guarded(model, tokenizer, monkeypatch, engine_model):
         bf16 = copy.deepcopy(engine_model()).to(torch.bfloat16)
         return model_logprobs(bf16, ids)
 
-    monkeypatch.setattr("asym_trl.vllm_sync.served_logprobs", served)
+    monkeypatch.setattr("asym_trl.generation.vllm_sync.served_logprobs", served)
     return generation, step
 
 
@@ -274,7 +277,7 @@ def test_guard_stops_a_run_whose_server_keeps_stale_weights(tiny_model_path, mon
 
     assert following.check_served_weights()["ok"]
     monkeypatch.setattr(
-        "asym_trl.vllm_sync.served_logprobs",
+        "asym_trl.generation.vllm_sync.served_logprobs",
         lambda url, ids, **kw: model_logprobs(copy.deepcopy(stale).to(torch.bfloat16), ids),
     )
     with pytest.raises(SyncMismatchError, match="step 1, the vLLM server at http://engine.invalid does not serve"):

@@ -16,10 +16,10 @@ from scripts.record_zero_signal import GradientSum  # tests/scripts
 
 from asym_trl import AsymGRPOTrainer
 from asym_trl.apps.tiny import toy_sum_dataset
-from asym_trl.diagnostics import rollouts_of_step
-from asym_trl.rows import select_rows, trim_completions
+from asym_trl.diagnostics.measures import rollouts_of_step
+from asym_trl.rollouts.rows import select_rows, trim_completions
+from asym_trl.rollouts.zero_signal import SKIPPED_FRAC, informative_rows, regroup
 from asym_trl.trl_compat import metrics
-from asym_trl.zero_signal import SKIPPED_FRAC, informative_rows, regroup
 
 G = 4
 TOL = dict(rtol=1e-5, atol=1e-7)  # gradients: float summation order only
@@ -260,7 +260,7 @@ def test_steps_aside_on_rollout_displacement_steps(tiny_model_path, cpu_config):
     ],
 )
 def test_switches_itself_off_when_zero_advantage_rollouts_count(kw, reason, tiny_model_path, cpu_config, caplog):
-    with caplog.at_level(logging.INFO, logger="asym_trl.zero_signal"):
+    with caplog.at_level(logging.INFO, logger="asym_trl.rollouts.zero_signal"):
         trainer = make(tiny_model_path, cpu_config, **kw)  # on by default
     assert not trainer.zero_signal.enabled
     assert any(reason in blocker for blocker in trainer.zero_signal.blockers)
@@ -412,7 +412,7 @@ def test_dynamic_sampling_new_prompts_need_a_map_style_dataset(tiny_model_path, 
 
 
 def test_dynamic_sampling_refuses_multimodal_batches():
-    from asym_trl.dynamic_sampling import check_text_only
+    from asym_trl.rollouts.dynamic_sampling import check_text_only
 
     check_text_only({"prompt_ids": torch.ones(2, 3), "pixel_values": None})
     with pytest.raises(ValueError, match=r"multimodal.*pixel_values.*dynamic_sampling=False"):
@@ -420,7 +420,7 @@ def test_dynamic_sampling_refuses_multimodal_batches():
 
 
 def test_fill_slots_keeps_groups_on_their_process():
-    from asym_trl.dynamic_sampling import fill_slots
+    from asym_trl.rollouts.dynamic_sampling import fill_slots
 
     open_slots = torch.tensor([True, False, True, True, True, False])
     available = torch.tensor([False, True, True, False, False, True])
@@ -445,7 +445,7 @@ def test_dynamic_sampling_needs_a_cap(cpu_config):
 def test_merge_keeps_a_per_sequence_importance_ratio_one_column():
     """TRL's sequence-level importance-sampling ratio is (B, 1): merging regenerated rows must not pad it to the
     completion width (that would apply the ratio to the first token only); a per-token ratio is padded."""
-    from asym_trl.dynamic_sampling import merge_rows
+    from asym_trl.rollouts.dynamic_sampling import merge_rows
 
     base = {
         "completion_ids": torch.ones(2, 2, dtype=torch.long),

@@ -1,2 +1,9 @@
-"""Applications of the library, not its API: the offline quickstart (``python -m asym_trl.apps.quickstart``, ``make
-quickstart``) and the tiny offline stand-ins it and the tests run on (``asym_trl.apps.tiny``)."""
+"""Applications of the library, not its API.
+
+- ``quickstart``: the README's main job (``make quickstart``): an offline CPU warm start + AsymGRPO run;
+- ``tiny``: the tiny offline Qwen3, its tokenizer and a toy task, for CPU runs and the tests;
+- ``countdown``: the countdown task of the testbed studies (several correct solutions per problem);
+- ``multinode`` / ``multinode_node``: a multi-node launch rehearsed on one host (the launcher; one training node).
+
+May import everything in the package; nothing in the package imports it (``tests/test_architecture.py``).
+"""

@@ -30,7 +30,7 @@ import re
 from collections import Counter
 from functools import cache
 
-from ..rewards import completion_text
+from ..task.rewards import completion_text
 
 __all__ = [
     "canonical",

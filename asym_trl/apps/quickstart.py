@@ -38,12 +38,12 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback
 
 from ..config import AsymGRPOConfig
-from ..evaluation import evaluate_policy
-from ..generation import EvalSampling, TransformersGenerator
-from ..plotting import plot_quickstart, plot_runs
-from ..quiet_logs import LIBRARY_DEPRECATIONS
+from ..diagnostics.plotting import plot_quickstart, plot_runs
+from ..diagnostics.validation import ValidationCallback
+from ..generation.backends import EvalSampling, TransformersGenerator
+from ..lifecycle.quiet_logs import LIBRARY_DEPRECATIONS
+from ..task.evaluation import evaluate_policy
 from ..trainer import AsymGRPOTrainer
-from ..validation import ValidationCallback
 from .tiny import build_tiny_model, cpu_run_kwargs, last_digit_reward, last_digit_splits
 
 __all__ = [
@@ -177,7 +177,7 @@ def warm_start(settings: QuickstartSettings, cache_dir: str | Path, train_datase
 def evaluate_heldout(
     generate: TransformersGenerator, dataset, settings: QuickstartSettings, *, num_samples: int, seed: int
 ):
-    """:func:`~asym_trl.evaluation.evaluate_policy` of the task: ``num_samples`` samples at temperature 1 (as the
+    """:func:`~asym_trl.task.evaluation.evaluate_policy` of the task: ``num_samples`` samples at temperature 1 (as the
     RL rollouts) and greedy; ``generate`` takes all prompts in one batch (``batch_size=len(dataset)``)."""
     sampling = EvalSampling(temperature=1.0, top_p=1.0, max_new_tokens=settings.max_completion_length, seed=seed)
     return evaluate_policy(generate, dataset, k=num_samples, sampling=sampling, reward_func=last_digit_reward)

@@ -11,7 +11,7 @@ import random
 import re
 from pathlib import Path
 
-from ..rewards import completion_text
+from ..task.rewards import completion_text
 
 __all__ = [
     "CHAT_TEMPLATE",

@@ -12,7 +12,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from asym_trl import AsymGRPOConfig, AsymGRPOTrainer
-from asym_trl.apps.multinode import G, position_reward
+from asym_trl.apps.multinode_node import G, position_reward
 from asym_trl.apps.tiny import cpu_run_kwargs, toy_sum_dataset
 
 

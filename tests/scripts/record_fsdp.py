@@ -15,10 +15,10 @@ from record_advantages import Recording, build_trainer, write_rank_json
 from safetensors.torch import save_file
 from torch.distributed.tensor import DTensor
 
-import asym_trl.vllm_sync
-from asym_trl.apps.multinode import FSDPOnCPU as CPUFSDP
-from asym_trl.vllm_sync import DiskSyncVLLMGeneration
-from asym_trl.weight_check import model_logprobs
+import asym_trl.generation.vllm_sync
+from asym_trl.apps.multinode_node import FSDPOnCPU as CPUFSDP
+from asym_trl.generation.vllm_sync import DiskSyncVLLMGeneration
+from asym_trl.generation.weight_check import model_logprobs
 
 GLOBAL_BATCH = 12  # 3 groups of 4 per step; under 2 processes the middle group spans both
 
@@ -53,7 +53,7 @@ class FileServer:
 class OfflineDiskSync(DiskSyncVLLMGeneration):
     def init_engine(self):
         self.vllm_client = FileServer(self.model_dir)
-        asym_trl.vllm_sync.served_logprobs = self.vllm_client.logprobs
+        asym_trl.generation.vllm_sync.served_logprobs = self.vllm_client.logprobs
         self.weights_dir.mkdir(parents=True, exist_ok=True)
 
 

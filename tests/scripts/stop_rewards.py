@@ -11,7 +11,7 @@ import signal
 import time
 
 from asym_trl.apps.tiny import toy_sum_reward
-from asym_trl.rewards import completion_text
+from asym_trl.task.rewards import completion_text
 
 CALLS = {"n": 0}  # reward calls in this process
 

@@ -18,7 +18,7 @@ import numbers
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["GuardedReward", "RewardFunctionError", "RewardValueError", "check_reward_values", "guard_reward_funcs"]
 

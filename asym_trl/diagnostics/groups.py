@@ -3,8 +3,8 @@
 :class:`asym_trl.AsymGRPOTrainer` feeds it three events -- a scored generation batch (:meth:`on_generation`), a
 loss micro-batch with the token statistics TRL computed for it (:meth:`on_loss_micro_batch`) and, as a
 ``TrainerCallback``, the end of each optimizer step -- and it logs through TRL's metrics (names in
-``docs/diagnostics.md``; the math is :mod:`asym_trl.diagnostics`).  It owns all its state.  The state that spans
-steps (the epoch's group counts, the Cov(p) window) is written to ``group_diagnostics.json`` in every checkpoint
+``docs/diagnostics.md``; the math is :mod:`asym_trl.diagnostics.measures`).  It owns all its state.  The state that
+spans steps (the epoch's group counts, the Cov(p) window) is written to ``group_diagnostics.json`` in every checkpoint
 and read back on resume, so a resumed run logs what the straight run logs.
 
 Every reduction runs on every process in the same order: the conditions depend only on global state (the step
@@ -22,8 +22,8 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl.models.utils import disable_gradient_checkpointing
 
-from . import diagnostics as diag
-from .trl_compat import MODEL_INPUT_KEYS, TokenStats, metrics, micro_step
+from ..trl_compat import MODEL_INPUT_KEYS, TokenStats, metrics, micro_step
+from . import measures as diag
 
 STATE_FILE = "group_diagnostics.json"
 
@@ -109,7 +109,8 @@ class GroupDiagnostics(TrainerCallback):
 
     def needs_every_rollout(self, step: int) -> bool:
         """Whether optimizer step ``step`` records from every rollout's tokens (the Cov(p) window, a displacement
-        step, optimizer- or rollout-wise): the zero-signal skip steps aside then (``asym_trl.zero_signal``)."""
+        step, optimizer- or rollout-wise): the zero-signal skip steps aside then
+        (``asym_trl.rollouts.zero_signal``)."""
         args = self.trainer.args
         every = args.likelihood_displacement_optimizer_steps
         if every and (step + 1) % every == 0:

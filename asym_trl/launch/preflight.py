@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .recipes import RecipeError
+from .recipes import RecipeError, import_object
 
 __all__ = ["check_model", "check_output_dir", "locate_datasets", "looks_local"]
 
@@ -72,7 +72,7 @@ def check_output_dir(output_dir: str) -> None:
 
 def _locate(name: str, kind: str, data_files: str | None = None) -> str:
     """Where a training set (`kind="train"`) or benchmark comes from, without loading it."""
-    from .data import _LOCAL_FORMATS, BENCHMARKS, REASONING_GYM_TASKS, TRAIN_DATASETS
+    from ..task.data import _LOCAL_FORMATS, BENCHMARKS, REASONING_GYM_TASKS, TRAIN_DATASETS
 
     registry = TRAIN_DATASETS if kind == "train" else BENCHMARKS
     key = "dataset_name" if kind == "train" else "validation_benchmarks"
@@ -87,8 +87,6 @@ def _locate(name: str, kind: str, data_files: str | None = None) -> str:
     if Path(name).suffix.lower() in _LOCAL_FORMATS:
         raise RecipeError(f"{key}: data file {name} does not exist")
     if kind == "train" and ":" in name:
-        from .train import import_object
-
         import_object(name, "dataset factory", key)  # imported, not called
         return f"factory {name} (called at launch)"
     known = ", ".join([*registry, *REASONING_GYM_TASKS])

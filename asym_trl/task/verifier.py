@@ -10,8 +10,8 @@ any thread or process:
    ``timeout_s``.  math-verify's own timeouts use ``signal.alarm``, which only works in the main thread; a killed
    process works everywhere (TRL's async reward loop, threads, several accelerate processes).
 
-The statuses below are what a check can end in; :mod:`asym_trl.rewards` turns them into rewards and
-:mod:`asym_trl.evaluation` counts them.  An answer is *unverifiable* (:func:`is_unverifiable`) when a pre-check
+The statuses below are what a check can end in; :mod:`asym_trl.task.rewards` turns them into rewards and
+:mod:`asym_trl.task.evaluation` counts them.  An answer is *unverifiable* (:func:`is_unverifiable`) when a pre-check
 refused it or its verification timed out or failed: it scores 0.0, like a wrong answer.
 
 This module imports only the standard library at top level: the worker process loads this very file as a standalone

@@ -25,7 +25,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .trl_compat import save_checkpoint
+from ..trl_compat import save_checkpoint
 
 __all__ = [
     "COMPLETE_FILE",

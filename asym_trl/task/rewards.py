@@ -10,7 +10,7 @@
 - ``"format"``: 1.0 when the completion contains a closed, non-empty ``\\boxed{...}`` answer, else 0.0.
 
 Model output is untrusted: the boxed answer is extracted here in linear time, and judged by the time-bounded
-verifier of :mod:`asym_trl.verifier` (pre-checks, then math-verify in a worker process that is killed on timeout).
+verifier of :mod:`asym_trl.task.verifier` (pre-checks, then math-verify in a worker process that is killed on timeout).
 
 A pair is *unscorable* (``None``) only when the gold answer does not parse.  Answers a check refuses, or whose
 verification times out or fails, are *unverifiable* and score 0.0.  Both are counted, in the

@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from .rewards import REWARD_FUNCS
+from ..task.rewards import REWARD_FUNCS
 
 __all__ = ["DEGENERATE_BATCHES", "DegenerateWatch", "SuccessRule", "non_binary_rewards_message"]
 

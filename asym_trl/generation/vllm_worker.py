@@ -1,6 +1,6 @@
 """vLLM worker extension for ``vllm_weight_sync="disk"``: load new weights, rebuild every layer computing with them.
 
-``vllm serve MODEL --worker-extension-cls asym_trl.vllm_worker.WeightSyncExtension`` (``asym-trl vllm-serve
+``vllm serve MODEL --worker-extension-cls asym_trl.generation.vllm_worker.WeightSyncExtension`` (``asym-trl vllm-serve
 --weight-sync disk`` adds it) mixes this class into every worker; the trainer calls it by ``POST /collective_rpc``.
 
 Why not vLLM's own ``reload_weights`` alone: it re-runs a layer's weight processing (``process_weights_after_loading``:
@@ -34,7 +34,7 @@ __all__ = [
 
 WEIGHT_SYNC_MODES = ("nccl", "disk")  # the trainer's vllm_weight_sync and `asym-trl vllm-serve --weight-sync`
 
-EXTENSION_CLS = "asym_trl.vllm_worker.WeightSyncExtension"
+EXTENSION_CLS = "asym_trl.generation.vllm_worker.WeightSyncExtension"
 RELOAD_METHOD = "asym_reload_weights"  # the name the trainer calls through /collective_rpc
 
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .generation import NON_THINKING, EvalSampling, TransformersGenerator
-from .rewards import score_completions
-from .trl_compat import fsdp_helper, greedy_vllm_sampling, last_loaded_step, metrics, set_last_loaded_step
+from ..generation.backends import NON_THINKING, EvalSampling, TransformersGenerator
+from ..task.rewards import score_completions
+from ..trl_compat import fsdp_helper, greedy_vllm_sampling, last_loaded_step, metrics, set_last_loaded_step
 
 __all__ = ["ValidationCallback", "select_best"]
 
@@ -58,9 +58,9 @@ class ValidationCallback(TrainerCallback):
 
     Args:
         trainer: the (AsymGRPO/GRPO) trainer being trained; its model, tokenizer and accelerator are used.
-        benchmarks: ``{name: dataset}`` with ``prompt``/``solution`` columns (:func:`~asym_trl.data.load_benchmark`).
-        eval_steps: evaluate when ``global_step % eval_steps == 0`` (paper: 10).
-        select_on: the benchmark whose accuracy selects the best checkpoint (paper: ``"math500"``).
+        benchmarks: ``{name: dataset}`` with ``prompt``/``solution`` columns
+        (:func:`~asym_trl.task.data.load_benchmark`). eval_steps: evaluate when ``global_step % eval_steps == 0``
+        (paper: 10). select_on: the benchmark whose accuracy selects the best checkpoint (paper: ``"math500"``).
         max_new_tokens: completion budget (default: the trainer's ``max_completion_length``).
         batch_size: prompts per ``model.generate`` call on each process (vLLM takes each benchmark in one call).
         save_best: save the best model to ``<output_dir>/best``.
@@ -100,7 +100,8 @@ class ValidationCallback(TrainerCallback):
     # -- evaluation ---------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def transformers_generator(self, **generator_kwargs):
-        """A :class:`~asym_trl.generation.TransformersGenerator` of the live policy, under TRL's generation context."""
+        """A :class:`~asym_trl.generation.backends.TransformersGenerator` of the live policy, under TRL's generation
+        context."""
         from trl.models import unwrap_model_for_generation
 
         trainer, args = self.trainer, self.trainer.args

@@ -2,12 +2,12 @@
 
 Avg@k of a benchmark = mean over its problems of the fraction of ``k`` sampled completions whose last ``\\boxed{}``
 answer math-verify judges equal to the gold answer, in percent (paper: k=5 for MATH-500 and OlympiadBench, k=10 for
-AIME24/AIME25/AMC23, temperature 0.4, top-p 1.0).  A completion that cannot be scored (see :mod:`asym_trl.rewards`)
-counts as wrong and is reported in ``unscorable`` (gold does not parse) or ``unverifiable`` (answer refused or
-verification timed out: :func:`asym_trl.verifier.is_unverifiable`).  ``Avg.`` is the unweighted mean of the
-benchmark scores, as in the paper's Table 1.
+AIME24/AIME25/AMC23, temperature 0.4, top-p 1.0).  A completion that cannot be scored (see
+:mod:`asym_trl.task.rewards`) counts as wrong and is reported in ``unscorable`` (gold does not parse) or
+``unverifiable`` (answer refused or verification timed out: :func:`asym_trl.task.verifier.is_unverifiable`).  ``Avg.``
+is the unweighted mean of the benchmark scores, as in the paper's Table 1.
 
-Generation backends (vLLM, an OpenAI-compatible server, transformers) are in :mod:`asym_trl.generation`.
+Generation backends (vLLM, an OpenAI-compatible server, transformers) are in :mod:`asym_trl.generation.backends`.
 
 Scoring: the math verifier by default, or any TRL-signature ``reward_func`` (a reward >= 1 is a success).
 :func:`evaluate_policy` is the held-out report of a policy on such a task: greedy and sampled accuracy, the shares of
@@ -24,15 +24,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .data import BENCHMARKS, load_benchmark
-from .errors import OneLineParser, UsageError, one_line_errors
-from .generation import (
+from ..errors import OneLineParser, UsageError, one_line_errors
+from ..generation.backends import (
     EvalSampling,
     Generator,
     OpenAIServerGenerator,
     TransformersGenerator,
     VLLMGenerator,
 )
+from .data import BENCHMARKS, load_benchmark
 from .rewards import MathVerifier, score_completions
 from .verifier import NO_ANSWER, is_unverifiable
 

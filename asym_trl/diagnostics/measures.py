@@ -5,7 +5,7 @@ checked against hand-computed values.  :class:`asym_trl.AsymGRPOTrainer` calls t
 gathered rewards (generation time) and on sums it reduces across processes (loss time); see
 ``docs/diagnostics.md`` for the logged metric names.
 
-Conventions (those of :mod:`asym_trl.advantages`):
+Conventions (those of :mod:`asym_trl.method.advantages`):
 
 * a group is one prompt's ``G`` rollouts; ``success`` marks rollouts at or above the success threshold and
   ``valid`` the scorable ones (reward not ``NaN``);

@@ -1,11 +1,11 @@
 """The registry of advantage estimators: each name with its function and the metadata every consumer reads.
 
 An estimator maps a ``(num_groups, G)`` tensor of rewards (``NaN`` = unscorable) to ``(num_groups, G)``
-advantages (the conventions of :mod:`asym_trl.advantages`).  :func:`register_estimator` records, beside the
+advantages (the conventions of :mod:`asym_trl.method.advantages`).  :func:`register_estimator` records, beside the
 function, which config fields it reads and their defaults or fixed (preset) values.  One registry serves
 :class:`asym_trl.AsymGRPOConfig` (validation, defaults, CLI choices), :class:`asym_trl.AsymGRPOTrainer` (the call),
-``asym-trl train`` recipes and the model card (:mod:`asym_trl.hub`).  It is public: register your own and name it
-in a config or a recipe (``docs/estimators.md``)::
+``asym-trl train`` recipes and the model card (:mod:`asym_trl.launch.hub`).  It is public: register your own and name
+it in a config or a recipe (``docs/estimators.md``)::
 
     @register_estimator("clipped_asym", params=("beta_pos", "beta_neg", "success_threshold"), defaults=...)
     def clipped_asym(rewards, *, beta_pos, beta_neg, success_threshold):

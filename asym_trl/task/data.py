@@ -1,6 +1,6 @@
 """Math RLVR data: the MATH training set, the paper's five benchmarks, offline reasoning-gym tasks, local files.
 
-Every loader returns a ``datasets.Dataset`` with the columns TRL and :mod:`asym_trl.rewards` expect:
+Every loader returns a ``datasets.Dataset`` with the columns TRL and :mod:`asym_trl.task.rewards` expect:
 
 - ``prompt``: a conversation ``[{"role": "user", "content": problem + "\\n\\n" + instruction}]`` (optionally after a
   system message).  The chat template, e.g. Qwen3's non-thinking mode, is applied by TRL/the evaluator, with

@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import OneLineParser, UsageError, one_line_errors
-from .estimators import get_estimator
+from ..errors import OneLineParser, UsageError, one_line_errors
+from ..method.estimators import get_estimator
 from .recipes import RESOLVED_RECIPE_FILE, load_recipe, parse_args
 
 CARD_FILE = "README.md"

@@ -24,8 +24,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..trl_compat import MODEL_INPUT_KEYS, metrics, pad_token_id
 from .rows import COMPLETION_PADDING, PROMPT_PADDING, is_per_row, pad_left, pad_right, select_rows
-from .trl_compat import MODEL_INPUT_KEYS, metrics, pad_token_id
 
 # Kept from the slot, whatever fills it: the diagnostics index the merged batch's state by slot position.
 SLOT_KEYS = ("rollout_index",)

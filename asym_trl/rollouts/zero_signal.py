@@ -30,8 +30,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..trl_compat import MODEL_INPUT_KEYS, entropy_bonus_enabled, loss_normaliser, metrics
 from .rows import concat_rows, select_rows, trim_completions
-from .trl_compat import MODEL_INPUT_KEYS, entropy_bonus_enabled, loss_normaliser, metrics
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ mapping is exported; command-line flags override the file.  One addition to TRL'
 - `parse_args(argv)` resolves the recipe (`base:` chain) and checks every key and value against the three dataclasses:
   an unknown key or a bad value raises `RecipeError` naming the key, before anything heavy is imported or loaded.
   It also returns the *resolved recipe* (every setting that differs from the defaults), which `asym_trl.train` writes
-  to `output_dir/recipe.yaml` (`RESOLVED_RECIPE_FILE`) and `asym_trl.hub` embeds in the model card.
+  to `output_dir/recipe.yaml` (`RESOLVED_RECIPE_FILE`) and `asym_trl.launch.hub` embeds in the model card.
 - `batch_plan` / `plan_for` / `describe_plan`: TRL's batch settings in verl's units (prompts per rollout step,
   completions per optimizer step, optimizer steps per generation), for `--dry-run` and the start of a run.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -29,8 +30,8 @@ import yaml
 from trl import ModelConfig, TrlParser
 from trl import ScriptArguments as TrlScriptArguments
 
-from .config import AsymGRPOConfig
-from .errors import OneLineParser, UsageError
+from ..config import AsymGRPOConfig
+from ..errors import OneLineParser, UsageError
 
 RESOLVED_RECIPE_FILE = "recipe.yaml"  # written to output_dir: the run's recipe, loadable with --config
 
@@ -45,18 +46,18 @@ class ScriptArguments(TrlScriptArguments):
 
     Parameters:
         dataset_name (`str`):
-            Training set: a name registered in `asym_trl.data` (e.g. `"math"`), a local json/jsonl/parquet file, or
-            `"package.module:function"`, a factory returning a `datasets.Dataset` with a conversational `prompt`.
+            Training set: a name registered in `asym_trl.task.data` (e.g. `"math"`), a local json/jsonl/parquet file,
+            or `"package.module:function"`, a factory returning a `datasets.Dataset` with a conversational `prompt`.
         dataset_instruction (`str`, *optional*):
-            Instruction appended to every prompt by `asym_trl.data.load_train_dataset` (its default when unset).
+            Instruction appended to every prompt by `asym_trl.task.data.load_train_dataset` (its default when unset).
         dataset_system_prompt (`str`, *optional*):
             A system message put before every prompt (training and validation).
         dataset_data_files (`str`, *optional*):
             A local copy of the registered training set `dataset_name` (same layout), for machines without Hub access.
         validation_benchmarks (`list[str]`, *optional*):
-            Greedy in-training validation (paper App. E, `asym_trl.validation.ValidationCallback`): benchmark names of
-            `asym_trl.data.load_benchmark` (e.g. `math500`) or local files. Empty: no validation.
-        validation_steps (`int`, *optional*, defaults to `10`):
+            Greedy in-training validation (paper App. E, `asym_trl.diagnostics.validation.ValidationCallback`):
+            benchmark names of `asym_trl.task.data.load_benchmark` (e.g. `math500`) or local files. Empty: no
+        validation. validation_steps (`int`, *optional*, defaults to `10`):
             Validate every this many optimizer steps (TRL's `global_step`).
         validation_select_on (`str`, *optional*, defaults to `"math500"`):
             The benchmark whose accuracy picks the best model, saved to `<output_dir>/best`.
@@ -64,7 +65,7 @@ class ScriptArguments(TrlScriptArguments):
             Prompts per `model.generate` call on each process during validation (runs without vLLM; with vLLM each
             benchmark goes to the engine in one call).
         reward_funcs (`list[str]`, *optional*, defaults to `["accuracy"]`):
-            Reward functions: names in `asym_trl.rewards.REWARD_FUNCS` or `"package.module:function"`.
+            Reward functions: names in `asym_trl.task.rewards.REWARD_FUNCS` or `"package.module:function"`.
         num_processes (`int`, *optional*):
             Training processes the recipe's batch arithmetic is written for. When set, training refuses to start under
             another world size (the batch sizes would silently differ from the recipe's), and `--dry-run` prints the
@@ -111,6 +112,15 @@ class ScriptArguments(TrlScriptArguments):
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """Read a recipe YAML, resolving its `base:` chain: the recipe's keys override its base's; `env` maps merge."""
     return _load_recipe(Path(path), ())
+
+
+def import_object(spec: str, what: str, key: str) -> Any:
+    """The object a ``package.module:name`` spec names (a :class:`RecipeError` naming ``key`` if not importable)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise RecipeError(f"{key}: cannot import {what} {spec!r} ({e})") from e
 
 
 def _load_recipe(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:

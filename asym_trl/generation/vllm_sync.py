@@ -7,17 +7,18 @@ sides and raises ``NotImplementedError`` elsewhere.  ``vllm_weight_sync="disk"``
 1. every process walks TRL's own ``_iter_named_params()`` (it gathers ZeRO-3 / FSDP shards and merges PEFT adapters,
    so those gathers stay collective); the main process copies each full tensor to host memory;
 2. the main process writes them as one safetensors file under ``vllm_weight_sync_dir``;
-3. ``POST /collective_rpc`` calls the server's worker extension (``asym_trl.vllm_worker``): every worker loads the file
-   in place and re-processes the layers that compute with tied weights (see that module for why vLLM's own
-   ``reload_weights`` is not enough); then ``POST /reset_prefix_cache`` drops KV blocks of the old weights.
+3. ``POST /collective_rpc`` calls the server's worker extension (``asym_trl.generation.vllm_worker``): every worker
+   loads the file in place and re-processes the layers that compute with tied weights (see that module for why vLLM's
+   own ``reload_weights`` is not enough); then ``POST /reset_prefix_cache`` drops KV blocks of the old weights.
 
 The server needs ``VLLM_SERVER_DEV_MODE=1`` (for ``/collective_rpc``) and ``--worker-extension-cls
-asym_trl.vllm_worker.WeightSyncExtension`` but no ``--weight-transfer-config``; ``asym-trl vllm-serve --weight-sync
-disk`` sets both. It must see ``vllm_weight_sync_dir`` at the same path (same node, or a shared file system).
+asym_trl.generation.vllm_worker.WeightSyncExtension`` but no ``--weight-transfer-config``; ``asym-trl vllm-serve
+--weight-sync disk`` sets both. It must see ``vllm_weight_sync_dir`` at the same path (same node, or a shared file
+system).
 
 Whatever the sync (disk, TRL's NCCL push, colocate), ``GuardedVLLMGeneration`` then checks that the engine computes
-with the trainer's weights (``vllm_sync_check``, ``asym_trl.weight_check``).  Generation itself is TRL's, unchanged.
-The trainer side talks plain HTTP, so it does not need vLLM installed.
+with the trainer's weights (``vllm_sync_check``, ``asym_trl.generation.weight_check``).  Generation itself is TRL's,
+unchanged.  The trainer side talks plain HTTP, so it does not need vLLM installed.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import requests
 import torch
 from trl.generation.vllm_client import VLLMClient
 
-from .trl_compat import VLLMGenerationHooks, swap_vllm_generation
+from ..trl_compat import VLLMGenerationHooks, swap_vllm_generation
 from .vllm_worker import EXTENSION_CLS, RELOAD_METHOD, WEIGHT_SYNC_MODES
 from .weight_check import SYNC_CHECK_MODES, WeightSyncCheck, model_logprobs, probe_token_ids
 
@@ -171,7 +172,8 @@ class DiskSyncClient(VLLMClient):
         raise RuntimeError("vllm_weight_sync='disk' does not use a weight-transfer group; call reload_weights()")
 
     def reload_weights(self, weights_path: str | os.PathLike) -> list:
-        """Make every server worker load the safetensors files in ``weights_path`` (``asym_trl.vllm_worker``).
+        """Make every server worker load the safetensors files in ``weights_path``
+        (``asym_trl.generation.vllm_worker``).
 
         Returns the workers' answers (the tied layers each refreshed).
         """
@@ -228,7 +230,8 @@ class GuardedVLLMGeneration(VLLMGenerationHooks):
             self.last_check_seconds = time.perf_counter() - start
 
     def check_served_weights(self, step: int | None = None) -> dict | None:
-        """Compare the probe's log-probs under the trainer and under the engine (``asym_trl.weight_check``)."""
+        """Compare the probe's log-probs under the trainer and under the engine
+        (``asym_trl.generation.weight_check``)."""
         if self.mode == "colocate" and self.enable_sleep_mode:
             if not getattr(self, "_warned_sleep", False):
                 warnings.warn(

