@@ -43,11 +43,11 @@ from trl.experimental.async_grpo.async_rollout_worker import AsyncRolloutWorker
 from trl.experimental.async_grpo.vllm_client import VLLMClient as AsyncVLLMClient
 from trl.trainer.utils import get_callable_name
 
-from .config import AdvantageArgs
 from .diagnostics import measures as diag
 from .generation.vllm_sync import WEIGHTS_FILE, DiskSyncClient, served_logprobs
 from .generation.vllm_worker import WEIGHT_SYNC_MODES
 from .generation.weight_check import SYNC_CHECK_MODES, WeightSyncCheck, model_logprobs, probe_token_ids
+from .method.args import AdvantageArgs
 from .method.estimators import DEFAULT_SUCCESS_THRESHOLD, get_estimator
 from .method.success import SuccessRule
 from .trl_compat import async_loop_hooks, async_trainer_shims, metrics, set_rollout_loop

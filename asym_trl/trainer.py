@@ -8,18 +8,21 @@ import textwrap
 import torch
 
 from .config import AsymGRPOConfig
+from .diagnostics.groups import STATE_FILE as DIAGNOSTICS_FILE
 from .diagnostics.groups import GroupDiagnostics
 from .generation.vllm_sync import GuardedVLLMGeneration, vllm_generation_class
-from .lifecycle.checkpoints import CheckpointPublisher, CrashCheckpoint, newest_complete_checkpoint
+from .lifecycle.checkpoints import CheckpointPublisher, ComponentStates, CrashCheckpoint, newest_complete_checkpoint
 from .lifecycle.distributed import lost_peer_error
 from .lifecycle.graceful_stop import GracefulStop, StopSignals, parse_signals
 from .lifecycle.reward_guard import guard_reward_funcs
-from .method.advantages import entropy_shaped_advantages
+from .method.adaptive import STATE_FILE as ADAPTIVE_FILE
+from .method.adaptive import AdaptiveBeta, AdaptiveBetaCallback
+from .method.advantages import entropy_shaped_advantages, scoped_entropy_term
 from .method.estimators import get_estimator
 from .method.success import DegenerateWatch, SuccessRule
 from .rollouts.dynamic_sampling import DynamicSampler
 from .rollouts.zero_signal import ZeroSignalSkip
-from .trl_compat import GRPOHooks, TokenStats, disable_entropy_bonus, micro_step, replace_logged_advantages
+from .trl_compat import GRPOHooks, TokenStats, disable_entropy_bonus, metrics, micro_step, replace_logged_advantages
 
 
 class AsymGRPOTrainer(GRPOHooks):
@@ -31,7 +34,8 @@ class AsymGRPOTrainer(GRPOHooks):
     1. **Advantages** (:meth:`rescore`): after TRL has scored a batch, every group's advantages are recomputed by the
        registered estimator (:mod:`asym_trl.method.estimators`) from the rewards TRL gathered from all processes; a
        rollout succeeds when the deciding reward reaches ``success_threshold``; this process keeps its slice, and the
-       logged advantages (completions table) are fixed.
+       logged advantages (completions table) are fixed. ``advantage_estimator="adaptive_beta"``: the betas come from
+       a controller fed each step's token entropy (:mod:`asym_trl.method.adaptive`).
     2. **Entropy advantage** (``entropy_adv_alpha > 0``): inside the loss, each token's advantage becomes
        ``A + min(alpha * H_t, |A| / kappa)`` (Cheng et al.), from the entropies TRL computes for the loss.
     3. **Scoped entropy bonus** (``entropy_scope`` other than ``"all"``): TRL's bonus applies to the tokens of
@@ -93,9 +97,20 @@ class AsymGRPOTrainer(GRPOHooks):
         self.diagnostics = GroupDiagnostics(self) if args.log_diagnostics else None
         if self.diagnostics is not None:
             self.add_callback(self.diagnostics)
+        self.adaptive_beta = None
+        if self.estimator.adaptive:  # (beta_pos, beta_neg) move towards a target entropy (asym_trl.method.adaptive)
+            self.adaptive_beta = AdaptiveBetaCallback(
+                AdaptiveBeta.from_config(args),
+                reduce=lambda sums: self.accelerator.reduce(sums.to(self.accelerator.device), reduction="sum"),
+                log=lambda name, value: metrics(self, "train")[name].append(value),
+            )
+            self.add_callback(self.adaptive_beta)
         self.zero_signal = ZeroSignalSkip(self)
         self.dynamic_sampling = DynamicSampler(self) if args.dynamic_sampling else None
         # how a run stops: after every callback above, the publisher last (it marks each checkpoint complete)
+        states = {DIAGNOSTICS_FILE: self.diagnostics, ADAPTIVE_FILE: self.adaptive_beta}
+        self.component_states = ComponentStates({name: part for name, part in states.items() if part is not None})
+        self.add_callback(self.component_states)
         single = self.accelerator.num_processes == 1
         self.crash_checkpoint = CrashCheckpoint(self) if args.crash_checkpoint and single else None
         if self.crash_checkpoint is not None:
@@ -111,8 +126,7 @@ class AsymGRPOTrainer(GRPOHooks):
             resume_from_checkpoint = self.newest_checkpoint()
             if resume_from_checkpoint is None:
                 raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} has no complete checkpoint")
-        if self.diagnostics is not None:
-            self.diagnostics.resume_from(resume_from_checkpoint)  # the state that spans steps, from the checkpoint
+        self.component_states.resume_from(resume_from_checkpoint, self.args.output_dir)  # state spanning steps
         with self.graceful_stop.signals:
             try:
                 return super().train(resume_from_checkpoint, *more, **kwargs)
@@ -147,7 +161,8 @@ class AsymGRPOTrainer(GRPOHooks):
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
         rewards = self.success_rule.rewards(rewards_per_func)  # stops on non-binary rewards without a rule
-        advantages = self.estimator(rewards.view(-1, num_generations), **self.args.estimator_params).reshape(-1)
+        params = self.args.estimator_params | (self.adaptive_beta.controller.betas() if self.adaptive_beta else {})
+        advantages = self.estimator(rewards.view(-1, num_generations), **params).reshape(-1)
         success = self.success_rule.success(rewards)
         if mode == "train":
             self._degenerate.update(advantages, rewards)
@@ -178,7 +193,7 @@ class AsymGRPOTrainer(GRPOHooks):
         return self.zero_signal.loss(inputs, loss_fn)
 
     def wants_token_stats(self) -> bool:
-        return self.args.entropy_adv_alpha > 0 or self._scoped_entropy or self.diagnostics is not None
+        return any((self.args.entropy_adv_alpha > 0, self._scoped_entropy, self.diagnostics, self.adaptive_beta))
 
     def shape_token_advantages(self):
         if self.args.entropy_adv_alpha <= 0:
@@ -187,26 +202,14 @@ class AsymGRPOTrainer(GRPOHooks):
         return lambda advantages, entropies: entropy_shaped_advantages(advantages, entropies, alpha, kappa)
 
     def finish_loss(self, loss, inputs, stats: TokenStats):
-        if self._scoped_entropy:
-            loss = loss - self.args.entropy_coef * self._scoped_entropy_term(inputs, stats.entropies)
+        mask = inputs["completion_mask"] * inputs["tool_mask"] if "tool_mask" in inputs else inputs["completion_mask"]
+        if self._scoped_entropy:  # TRL's bonus on correct (or incorrect) rollouts only, with TRL's per-token weight
+            success = inputs["success"]  # incorrect = scored and not a success (unscorable rollouts are neither)
+            in_scope = success if self.args.entropy_scope == "positive" else inputs["scorable"] & ~success
+            steps = self.current_gradient_accumulation_steps if self.model.training else 1
+            loss = loss - self.args.entropy_coef * scoped_entropy_term(stats.entropies, mask, in_scope, steps)
+        if self.adaptive_beta is not None and self.model.training:
+            self.adaptive_beta.observe(stats.entropies, mask)
         if self.diagnostics is not None:
             self.diagnostics.on_loss_micro_batch(inputs, stats)
         return loss
-
-    def _scoped_entropy_term(self, inputs, entropies: torch.Tensor) -> torch.Tensor:
-        """Mean token entropy restricted to correct (or incorrect) rollouts, with TRL's per-token weight.
-
-        The denominator is every completion token of the micro-batch (as for TRL's bonus), so a token in
-        scope gets the same weight ``entropy_coef / num_tokens`` as under ``entropy_scope="all"``; out of
-        scope tokens get none.  Divided by the accumulation steps in training, as TRL's own bonus.
-        """
-        mask = inputs["completion_mask"]
-        if "tool_mask" in inputs:
-            mask = mask * inputs["tool_mask"]
-        success = inputs["success"]  # incorrect = scored and not a success (unscorable rollouts are neither)
-        in_scope = success if self.args.entropy_scope == "positive" else inputs["scorable"] & ~success
-        scoped = mask * in_scope.unsqueeze(1).to(mask.dtype)
-        term = (entropies * scoped).sum() / mask.sum().clamp(min=1.0)
-        if self.model.training:
-            term = term / self.current_gradient_accumulation_steps
-        return term

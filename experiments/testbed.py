@@ -263,10 +263,13 @@ def derived_metrics(curve: list[dict], epochs: list[dict]) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------- runs
 CURVE_KEYS = ("epoch", "reward", "entropy", "entropy/correct", "entropy/incorrect", "groups/all_solved",
-              "groups/none_solved", "clip_ratio/high_max", "clip_ratio/high_mean")  # fmt: skip
+              "groups/none_solved", "clip_ratio/high_max", "clip_ratio/high_mean", "grad_norm",
+              "adaptive/beta_pos", "adaptive/beta_neg")  # fmt: skip
 
 
-def run_one(method: str, seed: int, opts, *, extra: tuple[str, ...] = (), tag: str = "", test: bool = True) -> dict:
+def run_one(
+    method: str, seed: int, opts, *, extra: tuple[str, ...] = (), tag: str = "", test: bool = True, recipes=RECIPES
+) -> dict:
     """Train one (method, seed) through the library's entry point and recipe (its output in ``logs/``); evaluate;
     drop the checkpoints."""
     quiet()
@@ -274,7 +277,7 @@ def run_one(method: str, seed: int, opts, *, extra: tuple[str, ...] = (), tag: s
     regime = json.loads((out / "problems.json").read_text())
     train_dir = out / "train" / f"{method}{tag}-s{seed}"
     shutil.rmtree(train_dir, ignore_errors=True)  # a run interrupted mid-way starts again
-    command = [sys.executable, "-m", "asym_trl.train", "--config", str(RECIPES / f"{method}.yaml"),
+    command = [sys.executable, "-m", "asym_trl.train", "--config", str(Path(recipes) / f"{method}.yaml"),
                "--model_name_or_path", str(out / "warm-start"), "--seed", str(seed), "--output_dir", str(train_dir),
                *(["--max_steps", str(opts.max_steps)] if opts.max_steps else []), *extra]  # fmt: skip
     env = os.environ | {
@@ -346,8 +349,10 @@ def refresh_curves(out: Path) -> int:
 
 
 def _run_and_save(job) -> str:
-    method, seed, opts, extra, tag, test, path = job
-    result = run_one(method, seed, opts, extra=extra, tag=tag, test=test)
+    method, seed, opts, extra, tag, test, path, *recipes = job  # recipes: another study's folder
+    result = run_one(
+        method, seed, opts, extra=extra, tag=tag, test=test, **({"recipes": recipes[0]} if recipes else {})
+    )
     Path(path).write_text(json.dumps(result, indent=1))
     accuracy = result["test"]["sampled_accuracy"] if test else result["validation_curve"][-1]["sampled_accuracy"]
     return f"{method}{tag} seed {seed}: {result['seconds']:.0f} s, {'test' if test else 'validation'} {accuracy:.3f}"
@@ -397,11 +402,11 @@ def mean_ci(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def judge(results: dict) -> list[dict]:
+def judge(results: dict, claims: list[Claim] = CLAIMS) -> list[dict]:
     """Every claim: the paired t-test, Holm's adjustment over the testable claims, the verdict.  A claim whose
     runs are missing counts in the family with p = 1; a clip claim whose arm never clips is "not testable"."""
     rows = []
-    for claim in CLAIMS:
+    for claim in claims:
         row = {"id": claim.id, "claim": claim.text, "a": claim.a, "b": claim.b, "metric": claim.metric}
         row["predicted"] = ">" if claim.sign > 0 else "<"
         diffs = paired(results, claim.a, claim.b, claim.metric)
@@ -474,7 +479,7 @@ def _band(series: list[list[float]]) -> dict:
     return {name: [round(p[j], 5) for p in points] for j, name in enumerate(("mean", "low", "high"))}
 
 
-def aggregate_curves(out: Path) -> dict:
+def aggregate_curves(out: Path, labels: dict[str, str] = METHODS) -> dict:
     """Per method, the seed-averaged curves the notebook draws (``curves.json``, small enough to commit): training
     entropy on all / correct / incorrect rollouts and reward per step, the per-epoch all-/none-solved shares
     (Fig. 2 c,g), the group-accuracy histogram of the first and last epoch, the validation curve, pass@k and
@@ -501,7 +506,7 @@ def aggregate_curves(out: Path) -> dict:
             histogram[name] = _band(per_run)
         ks = sorted(map(int, group[0]["test"]["pass_at_k"]))
         curves[method] = {
-            "label": METHODS[method],
+            "label": labels[method],
             "seeds": len(group),
             "training": training,
             "epochs": {k: _band([[e[k] for e in r["epochs"]] for r in group])

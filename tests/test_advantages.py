@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asym_trl.method.advantages import (
+    agrae_advantages,
     asym_advantages,
     dr_grpo_advantages,
     ent_decrease_advantages,
@@ -272,9 +273,13 @@ def test_compute_advantages_validates_its_input():
 def test_vectorised_over_groups_matches_one_group_at_a_time():
     torch.manual_seed(0)
     r = (torch.rand(50, 8) < 0.4).double()
-    for name in ADVANTAGE_ESTIMATORS:
+    for name, estimator in ADVANTAGE_ESTIMATORS.items():
         batched = compute_advantages(r.view(-1), 8, name).view(50, 8)
         for i in range(50):
+            if "batch_accuracy" in estimator.context:  # A-GRAE reads the batch: one group alone, given the batch's
+                one = agrae_advantages(r[i : i + 1], batch_accuracy=r.mean()).view(-1)
+                assert torch.allclose(batched[i], one, rtol=1e-12, atol=1e-12), name
+                continue
             assert torch.equal(batched[i], compute_advantages(r[i], 8, name)), name
 
 

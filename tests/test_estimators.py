@@ -17,7 +17,17 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "estimators.md"
 
 def test_the_papers_estimators_and_their_metadata():
     assert sorted(ADVANTAGE_ESTIMATORS) == sorted(
-        ["asym", *BETA_PRESETS, *SIGN_SCALE_PRESETS, "ent_decrease", "ent_increase", "pass_at_k", "dr_grpo"]
+        [
+            "asym",
+            *BETA_PRESETS,
+            *SIGN_SCALE_PRESETS,
+            "ent_decrease",
+            "ent_increase",
+            "pass_at_k",
+            "dr_grpo",
+            "a_grae",
+            "adaptive_beta",
+        ]  # fmt: skip
     )
     for name, (pos, neg) in BETA_PRESETS.items():
         scales = {} if name == "grpo" else {"scale_pos": 1.0, "scale_neg": 1.0}  # grpo: TRL's, reads no scale
@@ -33,6 +43,8 @@ def test_the_papers_estimators_and_their_metadata():
     assert ADVANTAGE_ESTIMATORS["asym"].defaults == {"beta_pos": 0.9, "beta_neg": 0.4, "scale_pos": 1, "scale_neg": 1}
     assert not ADVANTAGE_ESTIMATORS["pass_at_k"].uses_betas and not ADVANTAGE_ESTIMATORS["dr_grpo"].uses_success
     assert list(estimator_names()) == sorted(ADVANTAGE_ESTIMATORS)
+    assert ADVANTAGE_ESTIMATORS["adaptive_beta"].adaptive and not ADVANTAGE_ESTIMATORS["asym"].adaptive
+    assert ADVANTAGE_ESTIMATORS["a_grae"].context == ("batch_accuracy",) and ADVANTAGE_ESTIMATORS["asym"].context == ()
 
 
 def test_the_docs_example_registers_an_estimator_a_config_accepts(capsys):

@@ -41,6 +41,7 @@ ESTIMATOR_ARGS = {
     "ent_increase": {},
     "pass_at_k": dict(pass_at_k=2),
     "dr_grpo": dict(loss_type="dr_grpo", scale_rewards="none"),
+    "a_grae": {},
 }
 
 

@@ -13,19 +13,16 @@ counters, the gathered rewards), never on local data.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl.models.utils import disable_gradient_checkpointing
 
 from ..trl_compat import MODEL_INPUT_KEYS, TokenStats, metrics, micro_step
 from . import measures as diag
 
-STATE_FILE = "group_diagnostics.json"
+STATE_FILE = "group_diagnostics.json"  # in every checkpoint (lifecycle.checkpoints.ComponentStates)
 
 
 class GroupDiagnostics(TrainerCallback):
@@ -167,21 +164,6 @@ class GroupDiagnostics(TrainerCallback):
         self.epoch_counts = torch.tensor(state["epoch_counts"], dtype=torch.long)
         totals = state["cov_totals"]
         self.cov_totals = None if totals is None else tuple(torch.tensor(t, dtype=torch.float64) for t in totals)
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:  # the state is global: identical on every process
-            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            with open(os.path.join(checkpoint, STATE_FILE), "w") as f:
-                json.dump(self.state_dict(), f)
-
-    def resume_from(self, checkpoint) -> None:
-        """Read the state saved in ``checkpoint`` (a path, or True: the last one in ``output_dir``), if any."""
-        if checkpoint is True:
-            checkpoint = get_last_checkpoint(self.trainer.args.output_dir)
-        path = os.path.join(checkpoint, STATE_FILE) if isinstance(checkpoint, (str, os.PathLike)) else None
-        if path is not None and os.path.isfile(path):
-            with open(path) as f:
-                self.load_state_dict(json.load(f))
 
     # -- Cov(p) and likelihood displacement -----------------------------------------------------------------------
     def _record_covariance(self, inputs, idx, logps, mask, groups):

@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..trl_compat import save_checkpoint
 
 __all__ = [
     "COMPLETE_FILE",
     "CheckpointPublisher",
+    "ComponentStates",
     "CrashCheckpoint",
     "checkpoint_dir",
     "incomplete_reason",
@@ -114,6 +115,34 @@ class CheckpointPublisher(TrainerCallback):
         if state.is_world_process_zero and checkpoint.is_dir():
             publish(checkpoint)
         return control
+
+
+class ComponentStates(TrainerCallback):
+    """The state of the trainer's parts that spans optimizer steps (the diagnostics' epoch counts, the adaptive
+    beta controller), one JSON file each in every checkpoint, read back on resume so a resumed run continues as the
+    straight run. ``components`` maps a file name to an object with ``state_dict()`` / ``load_state_dict(dict)``;
+    the state is global (identical on every process), so the main process writes it. Add it before the
+    :class:`CheckpointPublisher`, which marks the checkpoint complete."""
+
+    def __init__(self, components: dict):
+        self.components = components
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = checkpoint_dir(args.output_dir, state.global_step)
+            for name, component in self.components.items():
+                (checkpoint / name).write_text(json.dumps(component.state_dict()))
+
+    def resume_from(self, checkpoint, output_dir: str | os.PathLike) -> None:
+        """Load each component's file from ``checkpoint`` (a path, or True: the last one in ``output_dir``), if any."""
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(output_dir)
+        if not isinstance(checkpoint, (str, os.PathLike)):
+            return
+        for name, component in self.components.items():
+            path = Path(checkpoint) / name
+            if path.is_file():
+                component.load_state_dict(json.loads(path.read_text()))
 
 
 def _rng_state() -> dict:

@@ -29,6 +29,7 @@ import torch
 __all__ = [
     "BETA_PRESETS",
     "SIGN_SCALE_PRESETS",
+    "agrae_advantages",
     "asym_advantages",
     "dr_grpo_advantages",
     "ent_decrease_advantages",
@@ -38,6 +39,7 @@ __all__ = [
     "flipped_pos_curve",
     "grpo_advantages",
     "pass_at_k_advantages",
+    "scoped_entropy_term",
 ]
 
 # (beta_pos, beta_neg) of the named members of the Eq. 10 family (paper §3.1, §4, App. E).
@@ -235,6 +237,60 @@ def grpo_advantages(rewards: torch.Tensor, std: str = "population", scale_reward
         sd = (sq / n.clamp(min=1)).sqrt()
         adv = torch.where(sd > 0, adv / sd.clamp(min=torch.finfo(sd.dtype).tiny), torch.zeros_like(adv))
     return torch.where(valid, adv, torch.zeros_like(adv))
+
+
+AGRAE_EPS = 1e-6  # the fork's epsilon (std and square-root denominators)
+
+
+def agrae_advantages(
+    rewards: torch.Tensor,
+    success_threshold: float = 1.0,
+    agrae_alpha: float = 1.0,
+    batch_accuracy: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A-GRAE (Yu et al. 2026, arXiv 2602.05548; ``compute_grpo_outcome_advantage`` with ``grpo_weight=2.0`` in
+    ``verl/trainer/ppo/core_algos.py`` of github.com/Yu7-code/A-GRAE): GRPO reweighted by group difficulty, the
+    mixture set by the batch's accuracy, and positive advantages damped while the batch is weak.
+
+    With ``r`` the success indicator, ``mu`` the group's success rate over its scorable rollouts, ``s`` their sample
+    (Bessel) std, ``g = (r - mu) / (s + 1e-6)`` (GRPO) and ``m`` the batch accuracy (the mean of ``mu`` over the
+    groups of two or more scorable rollouts, unless ``batch_accuracy`` is given)::
+
+        A = (1 - m) * g / (2 (1 - sqrt(mu) + 1e-6))  +  m * g / (2 (sqrt(mu) + 1e-6))
+        A = A * min(1, m / agrae_alpha)   where A > 0          (the fork: alpha = 1 for math)
+
+    The first term weights easy groups (high ``mu``), the second hard ones; as the batch improves, the weight moves
+    from easy to hard groups. All-solved and none-solved groups get 0 (``g = 0``), and so does a group with fewer
+    than two scorable rollouts (the fork's rule for a lone rollout, ``mu = 0, s = 1``, would give it ``g / 1e-6``:
+    its groups never have one). ``batch_accuracy``: the caller's batch when the tensor holds only part of it (the
+    asynchronous trainer scores one group at a time).
+    """
+    valid, success, k, n = _group_counts(rewards, success_threshold)
+    r = success.to(rewards.dtype)
+    grouped = n >= 2
+    mu = k / n.clamp(min=1)
+    std = ((((r - mu) ** 2) * valid).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
+    g = torch.where(grouped, (r - mu) / (std + AGRAE_EPS), 0.0)
+    if batch_accuracy is None:  # mean of mu over the groups that have one, on the device (no host sync)
+        batch_accuracy = (mu * grouped).sum() / grouped.sum().clamp(min=1)
+    m = torch.as_tensor(batch_accuracy, dtype=rewards.dtype, device=rewards.device)
+    root = mu.sqrt()
+    adv = (1 - m) * 0.5 * g / (1 - root + AGRAE_EPS) + m * 0.5 * g / (root + AGRAE_EPS)
+    adv = torch.where(adv > 0, adv * torch.clamp(m / agrae_alpha, max=1.0), adv)
+    return torch.where(valid, adv, torch.zeros_like(adv))
+
+
+def scoped_entropy_term(
+    entropies: torch.Tensor, mask: torch.Tensor, in_scope: torch.Tensor, accumulation_steps: int = 1
+) -> torch.Tensor:
+    """The entropy bonus restricted to some rollouts (``entropy_scope``): ``sum(H_t * in scope) / num_tokens``.
+
+    ``entropies``/``mask`` are ``(B, T)``, ``in_scope`` is ``(B,)``. The denominator is every completion token of
+    the micro-batch (as TRL's bonus), so a token in scope gets the same weight as under the unscoped bonus and
+    out-of-scope tokens get none; divided by the gradient-accumulation steps in training, as TRL's own bonus.
+    """
+    scoped = mask * in_scope.unsqueeze(1).to(mask.dtype)
+    return (entropies * scoped).sum() / mask.sum().clamp(min=1.0) / accumulation_steps
 
 
 def entropy_shaped_advantages(

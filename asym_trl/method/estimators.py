@@ -27,6 +27,7 @@ import torch
 from .advantages import (
     BETA_PRESETS,
     SIGN_SCALE_PRESETS,
+    agrae_advantages,
     asym_advantages,
     dr_grpo_advantages,
     ent_decrease_advantages,
@@ -55,6 +56,7 @@ ESTIMATOR_PARAMS = (
     "pass_at_k",
     "grpo_std",
     "scale_rewards",
+    "agrae_alpha",
 )
 DEFAULT_SUCCESS_THRESHOLD = 1.0  # what success_threshold=None (unset) means
 BETAS = ("beta_pos", "beta_neg")
@@ -74,14 +76,20 @@ class Estimator:
     binary: bool = True
     min_group_size: int = 1
     description: str = ""
+    context: tuple[str, ...] = ()
+    adaptive: bool = False
 
     @property
     def uses_betas(self) -> bool:
         return any(name in self.params for name in BETAS)
 
-    def __call__(self, rewards: torch.Tensor, **params) -> torch.Tensor:
-        """``fn(rewards, **params)`` with the parameters it reads (the others are ignored; missing: its defaults)."""
-        return self.fn(rewards, **{name: params.get(name, self.defaults.get(name)) for name in self.params})
+    def __call__(self, rewards: torch.Tensor, context: dict | None = None, **params) -> torch.Tensor:
+        """``fn(rewards, **params)`` with the parameters it reads (the others are ignored; missing: its defaults),
+        plus the ``context`` values it declares that the caller has (e.g. the asynchronous trainer's batch accuracy
+        for ``a_grae``, which sees one group at a time)."""
+        kwargs = {name: params.get(name, self.defaults.get(name)) for name in self.params}
+        kwargs |= {name: value for name, value in (context or {}).items() if name in self.context}
+        return self.fn(rewards, **kwargs)
 
 
 _REGISTRY: dict[str, Estimator] = {}
@@ -98,6 +106,8 @@ def register_estimator(
     binary: bool = True,
     min_group_size: int = 1,
     description: str = "",
+    context: Sequence[str] = (),
+    adaptive: bool = False,
     fn: Callable[..., torch.Tensor] | None = None,
 ):
     """Register ``fn(rewards, **params) -> advantages`` under ``name``; usable as a decorator (returns the Estimator).
@@ -114,6 +124,10 @@ def register_estimator(
             functions need ``success_reward_func``.  ``False`` for one of raw reward values (``grpo``, ``dr_grpo``):
             by default it sees TRL's weighted sum.
         min_group_size: the smallest ``num_generations`` it is defined for.
+        context: keywords of ``fn`` that are not config fields but facts of the batch a caller may know better than
+            the rewards it passes (``"batch_accuracy"``: the batch's mean group success rate).
+        adaptive: its betas are moved during training by :class:`asym_trl.method.adaptive.AdaptiveBeta` (the
+            config's betas are the starting point); the trainers attach the controller.
     """
     unknown = set(params) - set(ESTIMATOR_PARAMS)
     if unknown:
@@ -133,6 +147,8 @@ def register_estimator(
             binary=binary,
             min_group_size=min_group_size,
             description=description,
+            context=tuple(context),
+            adaptive=adaptive,
         )
         _REGISTRY[name] = estimator
         return estimator
@@ -232,6 +248,20 @@ def _pass_at_k(rewards, *, pass_at_k, success_threshold):
 register_estimator("dr_grpo", uses_success=False, binary=False, description="r - mean(r), Liu et al. 2025")(
     dr_grpo_advantages
 )
+register_estimator(
+    "a_grae",
+    params=("success_threshold", "agrae_alpha"),
+    defaults={"agrae_alpha": 1.0},
+    context=("batch_accuracy",),
+    description="A-GRAE, Yu et al. 2026 (arXiv 2602.05548)",
+)(agrae_advantages)
+register_estimator(
+    "adaptive_beta",
+    params=_SCALED_FAMILY,
+    defaults={"beta_pos": 0.9, "beta_neg": 0.4, **dict.fromkeys(SCALES, 1.0)},
+    adaptive=True,
+    description="Eq. 10 with (beta_pos, beta_neg) moved towards a target training entropy",
+)(asym_advantages)
 
 
 def compute_advantages(
@@ -247,6 +277,7 @@ def compute_advantages(
     pass_at_k: int = 5,
     grpo_std: str = "population",
     scale_rewards: str = "group",
+    agrae_alpha: float | None = None,
 ) -> torch.Tensor:
     """Flat ``(N,)`` rewards in TRL's order (each prompt's G rollouts consecutive) -> ``(N,)`` advantages.
 
@@ -270,6 +301,7 @@ def compute_advantages(
         pass_at_k=pass_at_k,
         grpo_std=grpo_std,
         scale_rewards=scale_rewards,
+        agrae_alpha=agrae_alpha,
     )
     params = {k: est.defaults.get(k) if v is None else v for k, v in given.items()}
     return est(rewards.view(-1, num_generations), **params).reshape(-1)
