@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -47,6 +48,9 @@ from .diagnostics import measures as diag
 from .generation.vllm_sync import WEIGHTS_FILE, DiskSyncClient, served_logprobs
 from .generation.vllm_worker import WEIGHT_SYNC_MODES
 from .generation.weight_check import SYNC_CHECK_MODES, WeightSyncCheck, model_logprobs, probe_token_ids
+from .lifecycle.checkpoints import ComponentStates
+from .method.adaptive import STATE_FILE as ADAPTIVE_FILE
+from .method.adaptive import AdaptiveBeta, AdaptiveBetaCallback, BetasFile
 from .method.args import AdvantageArgs
 from .method.estimators import DEFAULT_SUCCESS_THRESHOLD, get_estimator
 from .method.success import SuccessRule
@@ -71,7 +75,8 @@ class AsymAsyncGRPOConfig(AdvantageArgs, AsyncGRPOConfig):
     r"""
     Configuration for [`AsymAsyncGRPOTrainer`]: every [`~trl.experimental.async_grpo.AsyncGRPOConfig`] field, the
     advantage fields of [`AsymGRPOConfig`] (`advantage_estimator`, `beta_pos`, `beta_neg`, `scale_pos`, `scale_neg`,
-    `success_threshold`, `success_reward_func`, `pass_at_k`, `grpo_std`; same meaning), plus the following.
+    `success_threshold`, `success_reward_func`, `pass_at_k`, `grpo_std`, `agrae_alpha`, `adaptive_beta_*`; same
+    meaning), plus the following.
 
     Parameters:
         scale_rewards (`str`, *optional*, defaults to `"group"`):
@@ -149,9 +154,13 @@ class GroupScorer:
     success_threshold: float | None = None
     drop_zero_signal: bool = True
     log_diagnostics: bool = True
+    batch_groups: int = 1  # the groups of one optimizer step: A-GRAE's batch accuracy is theirs
+    betas_file: str | None = None  # adaptive_beta: the trainer's controller publishes its betas here
 
     @classmethod
     def from_config(cls, args: AsymAsyncGRPOConfig) -> GroupScorer:
+        estimator = get_estimator(args.advantage_estimator)
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         return cls(
             estimator=args.advantage_estimator,
             params=dict(args.estimator_params),
@@ -159,6 +168,8 @@ class GroupScorer:
             success_threshold=args.success_threshold,
             drop_zero_signal=args.drop_zero_signal,
             log_diagnostics=args.log_diagnostics,
+            batch_groups=max(1, per_step // args.num_generations),
+            betas_file=os.path.join(args.output_dir, "adaptive_beta_live.json") if estimator.adaptive else None,
         )
 
     def success_rule(self, reward_func_names: list[str]) -> SuccessRule:
@@ -173,10 +184,12 @@ class GroupScorer:
         AdvantageArgs.check_success_rule(args, len(reward_func_names))  # several rewards: the deciding one named
         return SuccessRule(args, get_estimator(self.estimator), reward_func_names, torch.ones(len(reward_func_names)))
 
-    def score(self, rewards_per_func: torch.Tensor, rule: SuccessRule):
-        """``(G, F)`` rewards of one group -> ``(rewards, advantages, success)``, each ``(G,)``."""
+    def score(self, rewards_per_func: torch.Tensor, rule: SuccessRule, context: dict | None = None, betas=None):
+        """``(G, F)`` rewards of one group -> ``(rewards, advantages, success)``, each ``(G,)``. ``context``: facts
+        of the batch the group belongs to (A-GRAE's ``batch_accuracy``); ``betas``: the adaptive controller's."""
         rewards = rule.rewards(rewards_per_func)  # stops on non-binary rewards without a rule, as the sync trainer
-        advantages = get_estimator(self.estimator)(rewards.view(1, -1), **self.params).view(-1)
+        params = self.params | (betas or {})
+        advantages = get_estimator(self.estimator)(rewards.view(1, -1), context=context, **params).view(-1)
         return rewards, advantages, rule.success(rewards)
 
 
@@ -219,10 +232,27 @@ class AsymRolloutLoop(async_loop_hooks()):
         super().__init__(**kwargs)
         self.scorer = asym_scorer
         self.rule = asym_scorer.success_rule(self.reward_func_names)  # environment rewards included
+        self.recent_accuracy = deque(maxlen=asym_scorer.batch_groups)  # the last step's worth of groups
+        self.betas = BetasFile(asym_scorer.betas_file) if asym_scorer.betas_file else None
+
+    def batch_context(self, rewards_per_func: torch.Tensor) -> dict:
+        """A-GRAE's batch accuracy: the mean success rate of the last ``batch_groups`` scored groups (this one
+        included, groups of two or more scorable rollouts), the async stand-in for the synchronous batch."""
+        rewards = self.rule.rewards(rewards_per_func)
+        valid = ~torch.isnan(rewards)
+        if int(valid.sum()) >= 2:
+            self.recent_accuracy.append(float(self.rule.success(rewards)[valid].double().mean()))
+        if not self.recent_accuracy:
+            return {}
+        return {"batch_accuracy": sum(self.recent_accuracy) / len(self.recent_accuracy)}
 
     def rescore_group(self, group, samples):
+        rewards_per_func = group_rewards(group, samples, self.reward_func_names)
         rewards, advantages, success = self.scorer.score(
-            group_rewards(group, samples, self.reward_func_names), self.rule
+            rewards_per_func,
+            self.rule,
+            context=self.batch_context(rewards_per_func),
+            betas=self.betas.read() if self.betas is not None else None,
         )
         zero_signal = bool((advantages == 0).all())
         if self.scorer.log_diagnostics:
@@ -351,9 +381,28 @@ class AsymAsyncGRPOTrainer(AsyncGRPOTrainer):
             set_rollout_loop(self.rollout_worker, AsymRolloutLoop, asym_scorer=self.scorer)
         if isinstance(self.weight_transfer, DiskWeightTransfer):
             self.weight_transfer.attach(self.model, self.processing_class)
+        self.adaptive_beta = None
+        if get_estimator(args.advantage_estimator).adaptive:  # the scorer (a child process) reads the betas file
+            betas_file = BetasFile(self.scorer.betas_file)
+            self.adaptive_beta = AdaptiveBetaCallback(
+                AdaptiveBeta.from_config(args),
+                reduce=lambda sums: self.accelerator.reduce(sums.to(self.accelerator.device), reduction="sum"),
+                log=lambda name, value: metrics(self, "train")[name].append(value),
+                publish=betas_file.write,
+            )
+            betas_file.write(self.adaptive_beta.controller.betas())
+            self.add_callback(self.adaptive_beta)
+        self.component_states = ComponentStates({ADAPTIVE_FILE: self.adaptive_beta} if self.adaptive_beta else {})
+        self.add_callback(self.component_states)
         self._token_entropy = None
-        if args.log_diagnostics:
+        if args.log_diagnostics or self.adaptive_beta is not None:
             self.model.register_forward_hook(self._keep_token_entropy)
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        self.component_states.resume_from(resume_from_checkpoint, self.args.output_dir)  # the controller's state
+        if self.adaptive_beta is not None:
+            self.adaptive_beta.publish(self.adaptive_beta.controller.betas())
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _keep_token_entropy(self, module, inputs, output):
         entropy = getattr(output, "entropy", None)  # TRL's fused head computes it for the loss
@@ -362,8 +411,11 @@ class AsymAsyncGRPOTrainer(AsyncGRPOTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._token_entropy = None
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self._token_entropy is not None:
+        if self._token_entropy is not None and self.args.log_diagnostics:
             self._log_entropy_by_sign(inputs)
+        if self._token_entropy is not None and self.adaptive_beta is not None and self.model.training:
+            trained = self._token_entropy.flatten()[inputs["token_index"][inputs["token_index"] >= 0]]
+            self.adaptive_beta.observe(trained, torch.ones_like(trained))
         return loss
 
     def _log_entropy_by_sign(self, inputs) -> None:

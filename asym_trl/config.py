@@ -30,9 +30,10 @@ class AsymGRPOConfig(AdvantageArgs, GRPOConfig):
             on the raw rewards, any rewards; for binary ones the (0.5, 0.5) member; see `grpo_std`), `"pos_only"`
             (0.5, 0), `"neg_only"` (0, 0.5); the sign-weighted REINFORCE presets of Zhu et al. 2025 (beta = (0, 0),
             `(scale_pos, scale_neg)`): `"psr"` (1, 0), `"nsr"` (0, 1), `"w_reinforce"` (0.1, 1); the flipped curves
-            `"ent_decrease"` / `"ent_increase"` (App. D); `"pass_at_k"` (Chen et al. 2025) and `"dr_grpo"` (r - mean,
-            no std); or an estimator of your own registered with `asym_trl.register_estimator` (by name, or
-            `"package.module:attribute"`; see `docs/estimators.md`).
+            `"ent_decrease"` / `"ent_increase"` (App. D); `"pass_at_k"` (Chen et al. 2025), `"dr_grpo"` (r - mean,
+            no std), `"a_grae"` (Yu et al. 2026) and `"adaptive_beta"` (Eq. 10 with betas moved towards a target
+            training entropy, `asym_trl.method.adaptive`); or an estimator of your own registered with
+            `asym_trl.register_estimator` (by name, or `"package.module:attribute"`; see `docs/estimators.md`).
         beta_pos (`float` or `None`, *optional*):
             Exponent on correct rollouts, >= 0. Defaults to the estimator's value (asym: 0.9; flipped: 0.5); a
             preset accepts only its own value.
@@ -64,6 +65,17 @@ class AsymGRPOConfig(AdvantageArgs, GRPOConfig):
             `"grpo"` honours `scale_rewards` as TRL does (`"group"`, `"batch"`, `"none"`).
         pass_at_k (`int`, *optional*, defaults to `5`):
             K of `"pass_at_k"`; 1 <= K <= `num_generations`.
+        agrae_alpha (`float` or `None`, *optional*):
+            `"a_grae"` only: positive advantages x min(1, batch accuracy / alpha). Unset: 1 (the fork's, for math).
+        adaptive_beta_target (`float` or `None`, *optional*):
+            `"adaptive_beta"` only: the target training entropy as a fraction of the first step's. Unset: 0.5.
+        adaptive_beta_target_entropy (`float` or `None`, *optional*):
+            `"adaptive_beta"` only: an absolute target, nats per token, instead of the fraction.
+        adaptive_beta_step (`float` or `None`, *optional*):
+            `"adaptive_beta"` only: the largest move of either beta per optimizer step. Unset: 0.05.
+        adaptive_beta_range (`list[float]` or `None`, *optional*):
+            `"adaptive_beta"` only: `[low, high]` bounds of both betas. Unset: `[0, 1.5]`. See
+            `asym_trl.method.adaptive` (the betas start at `beta_pos` / `beta_neg`).
         entropy_adv_alpha (`float`, *optional*, defaults to `0.0`):
             Entropy advantage (Cheng et al. 2025): per token `A + min(alpha * H_t, |A| / kappa)`. 0 disables it;
             the paper's baseline uses 0.4.

@@ -19,6 +19,8 @@ from asym_trl.async_trainer import (
     AsymRolloutLoop,
     GroupScorer,
 )
+from asym_trl.method.adaptive import BetasFile
+from asym_trl.method.advantages import agrae_advantages
 
 G = 4
 # Groups of rewards (None: the reward function could not score the rollout): mixed, all-/none-solved, unscorable.
@@ -101,15 +103,43 @@ def _estimator_kwargs(name):
 def test_advantages_equal_the_registry_for_every_estimator(name, tokenizer, tmp_path):
     args = make_config(tmp_path, advantage_estimator=name, drop_zero_signal=False, **_estimator_kwargs(name))
     loop = make_loop(args, tokenizer)
+    recent = []  # A-GRAE's batch: the groups of one optimizer step, this one included (scorer.batch_groups)
     for rewards in GROUPS:
         samples = score(loop, rewards)
-        expected = compute_advantages(
-            torch.tensor([float("nan") if r is None else r for r in rewards]), G, name, **args.estimator_params
-        )
+        values = torch.tensor([float("nan") if r is None else r for r in rewards])
+        expected = compute_advantages(values, G, name, **args.estimator_params)
+        if name == "a_grae":
+            scored = [r for r in rewards if r is not None]
+            recent += [sum(scored) / len(scored)] if len(scored) >= 2 else []
+            recent = recent[-loop.scorer.batch_groups :]
+            expected = agrae_advantages(values.view(1, -1), batch_accuracy=sum(recent) / len(recent)).view(-1)
         assert [s.advantage for s in samples] == pytest.approx(expected.tolist(), abs=0, rel=1e-6), rewards
         assert [s.metrics["reward"] for s in samples] == pytest.approx(
             [float("nan") if r is None else r for r in rewards], nan_ok=True
         )  # TRL's own metrics are left as they were
+
+
+def test_a_grae_batch_is_the_last_optimizer_steps_groups(tokenizer, tmp_path):
+    args = make_config(tmp_path, advantage_estimator="a_grae", per_device_train_batch_size=12)
+    loop = make_loop(args, tokenizer)
+    assert loop.scorer.batch_groups == 3  # 12 rollouts a step / G 4
+    for rewards in ([1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0]):
+        score(loop, rewards)
+    assert list(loop.recent_accuracy) == [0.75, 0.5, 0.75]  # the first group left the window
+
+
+def test_adaptive_beta_scores_with_the_betas_the_trainer_publishes(tokenizer, tmp_path):
+    args = make_config(tmp_path, advantage_estimator="adaptive_beta", drop_zero_signal=False)
+    loop = make_loop(args, tokenizer)
+    rewards = [1.0, 0.0, 0.0, 0.0]
+    tensor = torch.tensor(rewards)
+    assert [s.advantage for s in score(loop, rewards)] == pytest.approx(
+        compute_advantages(tensor, G, "asym", beta_pos=0.9, beta_neg=0.4).tolist()  # nothing published: the start
+    )
+    BetasFile(loop.scorer.betas_file).write({"beta_pos": 0.3, "beta_neg": 1.2})
+    assert [s.advantage for s in score(loop, rewards)] == pytest.approx(
+        compute_advantages(tensor, G, "asym", beta_pos=0.3, beta_neg=1.2).tolist()
+    )
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.8])
@@ -281,6 +311,41 @@ class NoWeightPush:
 
     def destroy(self):
         pass
+
+
+def test_adaptive_beta_publishes_its_betas_to_the_scorer_and_checkpoints_them(tiny_model_path, tmp_path):
+    """The controller is fed the trained tokens' entropy at every step, writes the betas the rollout worker's scorer
+    reads, and keeps its state in checkpoints."""
+    args = make_config(
+        tmp_path,
+        advantage_estimator="adaptive_beta",
+        adaptive_beta_step=0.3,
+        max_steps=2,
+        per_device_train_batch_size=4,
+        token_budget=0,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=2,
+    )
+    worker = LaggingWorker(async_tokenizer(tiny_model_path), max_lag=0)
+    trainer = AsymAsyncGRPOTrainer(
+        tiny_model_path,
+        toy_sum_reward,
+        args=args,
+        train_dataset=toy_sum_dataset(8),
+        processing_class=worker.tokenizer,
+        rollout_worker=worker,
+        weight_transfer=NoWeightPush(),
+    )
+    betas = BetasFile(trainer.scorer.betas_file)
+    assert betas.read() == {"beta_pos": 0.9, "beta_neg": 0.4}  # published before the worker starts
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "adaptive/beta_pos" in h]
+    assert len(logged) == 2 and logged[0]["adaptive/entropy"] > 0
+    assert betas.read() == pytest.approx(trainer.adaptive_beta.controller.betas())
+    assert betas.read()["beta_pos"] == pytest.approx(logged[-1]["adaptive/beta_pos"]) != 0.9
+    state = (tmp_path / "out" / "checkpoint-2" / "adaptive_beta.json").read_text()
+    assert '"updates": 2' in state
 
 
 def test_a_sample_older_than_max_staleness_never_trains(tiny_model_path, tmp_path):

@@ -17,9 +17,12 @@ resumed run continues exactly; ``adaptive/*`` metrics log it.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -90,8 +93,14 @@ class AdaptiveBetaCallback(TrainerCallback):
     in the same order), and a ``log(name, value)`` metrics sink. Its ``state_dict`` is the controller's: the trainer
     keeps it in checkpoints with :class:`asym_trl.lifecycle.checkpoints.ComponentStates`."""
 
-    def __init__(self, controller: AdaptiveBeta, reduce: Callable, log: Callable[[str, float], None]):
-        self.controller, self.reduce, self.log = controller, reduce, log
+    def __init__(
+        self,
+        controller: AdaptiveBeta,
+        reduce: Callable,
+        log: Callable[[str, float], None],
+        publish: Callable[[dict], None] | None = None,
+    ):
+        self.controller, self.reduce, self.log, self.publish = controller, reduce, log, publish
         self.sums = None  # (entropy sum, token count) of the step so far, on the device (no host sync per batch)
 
     def state_dict(self) -> dict:
@@ -110,9 +119,36 @@ class AdaptiveBetaCallback(TrainerCallback):
         total, count = self.reduce(sums).tolist()  # every process, every step: a collective
         self.sums = None
         delta = self.controller.update(total / count if count else float("nan"))
+        if self.publish is not None:  # the asynchronous trainer's scorer runs in another process
+            self.publish(self.controller.betas())
         target = self.controller.target_value()
         for name, value in (("entropy", total / max(count, 1)), ("delta", delta), ("target_entropy", target)):
             if value is not None:
                 self.log(f"adaptive/{name}", value)
         for name, value in self.controller.betas().items():
             self.log(f"adaptive/{name}", value)
+
+
+class BetasFile:
+    """The controller's betas for a scorer in another process (the asynchronous trainer's rollout worker, a spawned
+    child): written atomically after every update, read back when they changed (one ``stat`` per read)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._seen: tuple[tuple, dict] | None = None
+
+    def write(self, betas: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".partial")
+        tmp.write_text(json.dumps(betas))
+        os.replace(tmp, self.path)
+
+    def read(self) -> dict:
+        """The betas last written; ``{}`` before the first write (the config's betas: the controller's start)."""
+        if not self.path.exists():
+            return {}
+        stat = self.path.stat()
+        stamp = (stat.st_ino, stat.st_mtime_ns)  # every write is a new file (os.replace)
+        if self._seen is None or self._seen[0] != stamp:
+            self._seen = (stamp, json.loads(self.path.read_text()))
+        return self._seen[1]
