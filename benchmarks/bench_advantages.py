@@ -48,7 +48,7 @@ def run(rollouts: int = 1_000_000, repeats: int = 20, device: str = "cpu") -> di
     rewards[torch.rand(rollouts) < 0.01] = float("nan")  # some unscorable rollouts
     rewards = rewards.to(device)
     times = {"TRL grpo": best_ms(lambda: trl_grpo(rewards, G), repeats, device)}
-    for name in ("asym", "reinforce", "grpo", "ent_decrease", "ent_increase", "pass_at_k", "dr_grpo"):
+    for name in ("asym", "reinforce", "grpo", "ent_decrease", "ent_increase", "pass_at_k", "dr_grpo", "a_grae"):
         times[name] = best_ms(lambda name=name: compute_advantages(rewards, G, name, pass_at_k=5), repeats, device)
     return times
 

@@ -128,6 +128,7 @@ class Rehearsal:
     server_url: str | None = None
     device: str = "cpu"
     ddp_backend: str | None = None
+    gpu_per_node: bool = False  # node R sees GPU R only (CUDA_VISIBLE_DEVICES=R): NCCL needs one GPU per rank
     ddp_timeout: int = DDP_TIMEOUT
     launch_timeout: float = 400.0
 
@@ -164,9 +165,10 @@ class Rehearsal:
                 cmd += ["--num_machines", str(nodes), "--machine_rank", str(rank), "--num_processes", str(nodes)]
                 cmd += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
                 cmd += ["-m", "asym_trl.apps.multinode", *worker_args]
+                node_env = env | ({"CUDA_VISIBLE_DEVICES": str(rank)} if self.gpu_per_node else {})
                 with open(run.dir / f"node{rank}.log", "w") as log:
                     node = subprocess.Popen(
-                        cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                        cmd, cwd=cwd, env=node_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
                     )
                 run.nodes.append(node)
         except BaseException:

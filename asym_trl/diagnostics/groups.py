@@ -8,7 +8,8 @@ spans steps (the epoch's group counts, the Cov(p) window) is written to ``group_
 and read back on resume, so a resumed run logs what the straight run logs.
 
 Every reduction runs on every process in the same order: the conditions depend only on global state (the step
-counters, the gathered rewards), never on local data.
+counters, the gathered rewards), never on local data. In training, the values stay on the device
+(:class:`DeferredMetrics`) until the step that logs them: one host read per logged step, not one per value.
 """
 
 from __future__ import annotations
@@ -25,16 +26,55 @@ from . import measures as diag
 STATE_FILE = "group_diagnostics.json"  # in every checkpoint (lifecycle.checkpoints.ComponentStates)
 
 
+class DeferredMetrics:
+    """Training metrics kept as device tensors until :meth:`flush` moves them, in one host read, into TRL's metrics
+    buffer (which ``log()`` averages): a read waits for the device, and a step's diagnostics hold a dozen values.
+    Evaluation values are written at once (TRL logs them at the end of ``evaluate``, before any callback)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.pending: list[tuple[bool, tuple[str, ...], torch.Tensor]] = []  # (replace, names, values[, present])
+
+    def append(self, mode: str, names: tuple[str, ...], values: torch.Tensor) -> None:
+        """Append each value to its metric (``log()`` averages the values of its window)."""
+        values = values.detach().reshape(-1)
+        if mode != "train":
+            for name, value in zip(names, values.tolist(), strict=True):
+                metrics(self.trainer, mode)[name].append(value)
+            return
+        self.pending.append((False, names, values))
+
+    def replace(self, names: tuple[str, ...], values: torch.Tensor, present: torch.Tensor) -> None:
+        """Make each value the only one of its metric, where ``present`` (a running average: the last is logged)."""
+        self.pending.append((True, names, torch.cat([values.detach().reshape(-1), present.reshape(-1)])))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        device = self.pending[0][2].device
+        values = torch.cat([v.to(device, torch.float64) for _, _, v in self.pending]).tolist()  # the one read
+        logged, i = metrics(self.trainer, "train"), 0
+        for replace, names, _ in self.pending:
+            for j, name in enumerate(names):
+                if not replace:
+                    logged[name].append(values[i + j])
+                elif values[i + len(names) + j]:
+                    logged[name] = [values[i + j]]
+            i += len(names) * (2 if replace else 1)
+        self.pending = []
+
+
 class GroupDiagnostics(TrainerCallback):
     """Group shares, advantage and entropy split, Cov(p) and likelihood displacement of an AsymGRPO run."""
 
     def __init__(self, trainer):
         self.trainer = trainer
+        self.deferred = DeferredMetrics(trainer)
         self.groups = {}  # mode -> global tensors of the latest generation batch
         self.token_sums = {}  # mode -> entropy sums (correct / incorrect) of the current optimizer step
         self.cov_records = []  # (rollout_index, Eq. 12 log-prob) from the first pass over a generation
         self.cov_totals = None  # Eq. 14 (sums of Cov(log pi, A), counts, sums of Cov(log pi, r)) over the window
-        self.epoch_counts = torch.zeros(3, dtype=torch.long)  # all-solved, none-solved, scorable groups
+        self.epoch_counts = torch.zeros(3, dtype=torch.long)  # all-solved, none-solved, scorable (on the device)
         self.epoch_history = []  # one {step, epoch_index, epoch_all_solved, epoch_none_solved} per epoch
         self.displacement = []  # micro-batches of the optimizer step whose displacement is measured
         self.rollout_displacement = None  # (rollout step, correct rollouts of its generation batch) being measured
@@ -44,19 +84,22 @@ class GroupDiagnostics(TrainerCallback):
         """Group statistics of one generation batch, from the global (gathered) tensors: identical everywhere."""
         valid = ~torch.isnan(rewards)
         k, n = diag.group_counts(success.view(-1, num_generations), valid.view(-1, num_generations))
-        levels = diag.accuracy_levels(k, n, num_generations)
+        levels = diag.accuracy_levels(k, n, num_generations, check=False)
         counts = diag.solve_counts(k, n)
-        logged = metrics(self.trainer, mode)
-        all_solved, none_solved = diag.ratio(counts[:2].double(), counts[2:].double().expand(2)).tolist()
-        logged["groups/all_solved"].append(all_solved)
-        logged["groups/none_solved"].append(none_solved)
         width = len(str(num_generations))
-        for j, share in enumerate(diag.accuracy_histogram(levels, num_generations).tolist()):
-            logged[f"groups/p_{j:0{width}d}of{num_generations}"].append(share)
-        for name, value in diag.advantage_stats(advantages, success, valid).items():
-            logged[f"advantages/{name}"].append(value)
+        names = ("groups/all_solved", "groups/none_solved")
+        names += tuple(f"groups/p_{j:0{width}d}of{num_generations}" for j in range(num_generations + 1))
+        names += tuple(f"advantages/{name}" for name in diag.ADVANTAGE_STATS)
+        values = torch.cat(
+            [
+                diag.ratio(counts[:2].double(), counts[2:].double().expand(2)),
+                diag.accuracy_histogram(levels, num_generations, check=False),
+                diag.advantage_means(advantages, success, valid),
+            ]
+        )
+        self.deferred.append(mode, names, values)
         if mode == "train":
-            self.epoch_counts += counts.cpu()
+            self.epoch_counts = self.epoch_counts.to(counts.device) + counts
         self.groups[mode] = dict(
             advantages=advantages,
             success=success,
@@ -72,7 +115,7 @@ class GroupDiagnostics(TrainerCallback):
         groups = self.groups[mode]
         size = groups["group_size"]
         k, n = diag.group_counts(success.view(-1, size), valid.view(-1, size))
-        levels = diag.accuracy_levels(k, n, size)
+        levels = diag.accuracy_levels(k, n, size, check=False)
         groups.update(advantages=advantages, success=success, valid=valid, levels=levels)
 
     def on_loss_micro_batch(self, inputs, stats: TokenStats):
@@ -92,8 +135,7 @@ class GroupDiagnostics(TrainerCallback):
         # One value per optimizer step: token-weighted over all its micro-batches and processes.
         if mode == "eval" or trainer.accelerator.sync_gradients:
             total = trainer.accelerator.reduce(self.token_sums.pop(mode), reduction="sum")
-            metrics(trainer, mode)["entropy/correct"].append(diag.ratio(total[0], total[1]).item())
-            metrics(trainer, mode)["entropy/incorrect"].append(diag.ratio(total[2], total[3]).item())
+            self.deferred.append(mode, ("entropy/correct", "entropy/incorrect"), diag.ratio(total[0::2], total[1::2]))
         if mode != "train":
             return
         logps = stats.logps.detach()
@@ -127,11 +169,14 @@ class GroupDiagnostics(TrainerCallback):
         if self.rollout_displacement is not None and self._rollout_step_closed(state.global_step):
             self._measure_displacement(self.rollout_displacement[1], "rollout_step")
             self.rollout_displacement = None
-        if float(state.epoch).is_integer() or state.global_step >= state.max_steps:
+        last = state.global_step >= state.max_steps
+        if float(state.epoch).is_integer() or last:
             all_solved, none_solved, scored = self.epoch_counts.tolist()
             if scored:
                 self._log_epoch(math.ceil(state.epoch), state.global_step, all_solved / scored, none_solved / scored)
-            self.epoch_counts.zero_()
+            self.epoch_counts = torch.zeros_like(self.epoch_counts)
+        if control.should_log or last:  # TRL logs after this callback: the deferred values join its buffer now
+            self.deferred.flush()
 
     def _log_epoch(self, epoch: int, step: int, all_solved: float, none_solved: float) -> None:
         """The epoch's shares, in the next log entry TRL makes anyway (no extra entry, which would flush TRL's
@@ -200,21 +245,23 @@ class GroupDiagnostics(TrainerCallback):
         x, valid = norm_logps.view(-1, size), valid.view(-1, size)
         # Cov(log pi_bar, A) (Eq. 13) and the estimator-independent Cov(log pi_bar, r), r the success indicator
         sums, counts = diag.covariance_level_sums(
-            diag.group_covariance(x, groups["advantages"].view(-1, size), valid), groups["levels"], size
+            diag.group_covariance(x, groups["advantages"].view(-1, size), valid), groups["levels"], size, check=False
         )
         sums_r, _ = diag.covariance_level_sums(
-            diag.group_covariance(x, groups["success"].view(-1, size).double(), valid), groups["levels"], size
+            diag.group_covariance(x, groups["success"].view(-1, size).double(), valid),
+            groups["levels"],
+            size,
+            check=False,
         )
-        totals = tuple(t.cpu() for t in (sums, counts, sums_r))
+        totals = (sums, counts, sums_r)
         if self.cov_totals is not None:
-            totals = tuple(t + old for t, old in zip(totals, self.cov_totals, strict=True))
+            totals = tuple(t + old.to(t.device) for t, old in zip(totals, self.cov_totals, strict=True))
         self.cov_totals = totals
         sums, counts, sums_r = totals
         width = len(str(size))
         for name, means in (("cov", diag.ratio(sums, counts)), ("cov_r", diag.ratio(sums_r, counts))):
-            for j in range(1, size):  # levels 0 and G are 0 by construction
-                if counts[j] > 0:  # the running window average: the last value logged is over the window
-                    metrics(self.trainer, "train")[f"{name}/p_{j:0{width}d}of{size}"] = [means[j].item()]
+            names = tuple(f"{name}/p_{j:0{width}d}of{size}" for j in range(1, size))  # 0 and G: 0 by construction
+            self.deferred.replace(names, means[1:size], counts[1:size] > 0)  # the running window average
 
     def _record_rollout_displacement(self, inputs, logps, mask, correct, groups):
         """Keep the correct rollouts of a measured rollout step's generation batch on its first pass (§3.1).

@@ -27,6 +27,8 @@ import torch
 __all__ = [
     "accuracy_histogram",
     "accuracy_levels",
+    "ADVANTAGE_STATS",
+    "advantage_means",
     "advantage_stats",
     "covariance_level_sums",
     "group_counts",
@@ -91,11 +93,14 @@ def group_counts(success: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tens
     return (success.bool() & valid).sum(dim=1), valid.sum(dim=1)
 
 
-def accuracy_levels(k: torch.Tensor, n: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Accuracy level ``round(G * k / n)`` of each group in ``0..G``; ``-1`` for a group with ``n = 0``."""
+def accuracy_levels(k: torch.Tensor, n: torch.Tensor, group_size: int, check: bool = True) -> torch.Tensor:
+    """Accuracy level ``round(G * k / n)`` of each group in ``0..G``; ``-1`` for a group with ``n = 0``.
+
+    ``check=False`` skips the input check, which reads the device (the trainer's counts are valid by construction).
+    """
     if group_size < 1:
         raise ValueError(f"group_size={group_size} must be >= 1")
-    if bool((k > n).any()) or bool((n > group_size).any()):
+    if check and (bool((k > n).any()) or bool((n > group_size).any())):
         raise ValueError(f"need k <= n <= group_size={group_size} in every group")
     level = torch.round(group_size * k.double() / n.clamp(min=1).double()).long()
     return torch.where(n > 0, level, torch.full_like(level, -1))
@@ -113,21 +118,26 @@ def solve_counts(k: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     return torch.stack([(scored & (k == n)).sum(), (scored & (k == 0)).sum(), scored.sum()])
 
 
-def accuracy_histogram(levels: torch.Tensor, group_size: int) -> torch.Tensor:
+def accuracy_histogram(levels: torch.Tensor, group_size: int, check: bool = True) -> torch.Tensor:
     """Share of the scorable groups at each accuracy level ``p = j/G``, ``j = 0..G`` (a ``(G+1,)`` tensor).
 
     Levels are those of :func:`accuracy_levels`; groups at level ``-1`` (nothing scorable) are left out, and
-    the shares sum to 1 unless no group is scorable (then all ``NaN``).
+    the shares sum to 1 unless no group is scorable (then all ``NaN``). Computed without reading the device
+    (``check=False`` also skips the range check).
     """
-    counts = torch.bincount(levels[levels >= 0], minlength=group_size + 1).double()
-    if counts.numel() != group_size + 1:
+    if check and bool(((levels < -1) | (levels > group_size)).any()):
         raise ValueError(f"levels must lie in -1..{group_size}, got max {int(levels.max())}")
-    total = counts.sum()
-    return counts / total if total > 0 else torch.full_like(counts, float("nan"))
+    bins = torch.zeros(group_size + 2, dtype=torch.float64, device=levels.device)  # bin 0: level -1
+    counts = bins.scatter_add_(0, levels.reshape(-1) + 1, torch.ones_like(levels.reshape(-1), dtype=bins.dtype))[1:]
+    return ratio(counts, counts.sum().expand_as(counts))
 
 
-def advantage_stats(advantages: torch.Tensor, success: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
-    """Mean advantage and mean ``|advantage|`` on correct and on incorrect (scorable) rollouts.
+ADVANTAGE_STATS = ("correct_mean", "correct_abs_mean", "incorrect_mean", "incorrect_abs_mean")
+
+
+def advantage_means(advantages: torch.Tensor, success: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean advantage and mean ``|advantage|`` on correct and on incorrect (scorable) rollouts, a ``(4,)`` tensor in
+    the order of :data:`ADVANTAGE_STATS`, on the device.
 
     The quantities the reweighting of §2.2 (Fig. 1 a,b) acts on.  Any shape, as long as the three match;
     a mean over no rollouts is ``NaN``.
@@ -138,12 +148,16 @@ def advantage_stats(advantages: torch.Tensor, success: torch.Tensor, valid: torc
             "must have the same shape"
         )
     adv = advantages.double()
-    stats = {}
-    for name, sel in (("correct", success.bool() & valid.bool()), ("incorrect", ~success.bool() & valid.bool())):
+    means = []
+    for sel in (success.bool() & valid.bool(), ~success.bool() & valid.bool()):
         count = sel.sum()
-        stats[f"{name}_mean"] = ratio((adv * sel).sum(), count).item()
-        stats[f"{name}_abs_mean"] = ratio((adv.abs() * sel).sum(), count).item()
-    return stats
+        means += [ratio((adv * sel).sum(), count), ratio((adv.abs() * sel).sum(), count)]
+    return torch.stack(means)
+
+
+def advantage_stats(advantages: torch.Tensor, success: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    """:func:`advantage_means` as ``{name: float}``."""
+    return dict(zip(ADVANTAGE_STATS, advantage_means(advantages, success, valid).tolist(), strict=True))
 
 
 def split_token_sums(
@@ -201,7 +215,7 @@ def group_covariance(norm_logps: torch.Tensor, advantages: torch.Tensor, valid: 
 
 
 def covariance_level_sums(
-    covariances: torch.Tensor, levels: torch.Tensor, group_size: int
+    covariances: torch.Tensor, levels: torch.Tensor, group_size: int, check: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Numerator and denominator of Eq. 14, ``Cov(p) = (1/|D_p|) sum_{g in D_p} Cov_group(g)``.
 
@@ -209,19 +223,20 @@ def covariance_level_sums(
     indexed by level ``j`` (``p = j/G``).  Groups with level ``-1`` or a ``NaN`` covariance are left out.
     Summing these over steps and dividing (:func:`ratio`) gives Cov(p) over a window of steps (App. B: the
     first 40).  Levels 0 and G always give 0: every rollout of such a group has the same advantage.
+    ``check=False`` skips the range check of ``levels`` (a host read).
     """
     if covariances.shape != levels.shape or covariances.dim() != 1:
         raise ValueError(
             f"covariances {tuple(covariances.shape)} and levels {tuple(levels.shape)} must both be (num_groups,)"
         )
-    keep = (levels >= 0) & ~torch.isnan(covariances)
-    if bool((levels > group_size).any()):
+    if check and bool((levels > group_size).any()):
         raise ValueError(f"levels must lie in -1..{group_size}")
-    idx = levels[keep]
-    sums = torch.zeros(group_size + 1, dtype=torch.float64, device=covariances.device)
-    sums.index_add_(0, idx, covariances[keep].double())
-    counts = torch.bincount(idx, minlength=group_size + 1).double()
-    return sums, counts
+    keep = (levels >= 0) & ~torch.isnan(covariances)
+    bins = torch.where(keep, levels + 1, 0)  # bin 0 collects the groups left out; no host read
+    sums = torch.zeros(group_size + 2, dtype=torch.float64, device=covariances.device)
+    sums.index_add_(0, bins, torch.where(keep, covariances.double(), 0.0))
+    counts = torch.zeros_like(sums).index_add_(0, bins, keep.double())
+    return sums[1:], counts[1:]
 
 
 def likelihood_displacement_sums(

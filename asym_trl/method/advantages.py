@@ -22,6 +22,7 @@ The registry that names them for configs, recipes and the trainer is :mod:`asym_
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -172,18 +173,12 @@ def _log_comb(n: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, out, torch.full_like(out, -math.inf))
 
 
-def pass_at_k_advantages(rewards: torch.Tensor, k: int = 5, success_threshold: float = 1.0) -> torch.Tensor:
-    """Pass@K training (Chen et al. 2025), analytic form for a group of N rollouts, c correct.
-
-    ``rho = 1 - C(N-c, K)/C(N, K)`` (group pass@K), ``sigma = sqrt(rho(1-rho))``,
-    ``A_pos = (1-rho)/sigma``, ``A_neg = (1 - rho - C(N-c-1, K-1)/C(N-1, K-1))/sigma``.
-    Groups with sigma = 0 (no success, or every K-subset holds one) get 0.  N is the number of
-    scorable rollouts; where N < K the group uses K = N.  The closed form is evaluated once on the
-    (N, c) grid of the group size and looked up per group.
-    """
-    valid, success, c, n = _group_counts(rewards, success_threshold)
-    size = rewards.shape[1] + 1
-    grid_n = torch.arange(size, dtype=rewards.dtype, device=rewards.device).view(-1, 1)  # N, by row
+@functools.lru_cache(maxsize=64)
+def _pass_at_k_table(size: int, k: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The closed form of :func:`pass_at_k_advantages` on the whole (N, c) grid of a group size (``size`` = G + 1
+    values of each), flattened: ``(a_pos, a_neg)``, each ``(size * size,)``. Cached: a training run asks for the same
+    grid at every step, and on a GPU its ~20 small kernels cost more than the per-rollout lookup."""
+    grid_n = torch.arange(size, dtype=dtype, device=device).view(-1, 1)  # N, by row
     grid_c = grid_n.view(1, -1)  # c, by column (c > N is never looked up)
     kk = grid_n.clamp(max=k)
     rho = 1 - torch.exp(_log_comb(grid_n - grid_c, kk) - _log_comb(grid_n, kk))
@@ -193,6 +188,21 @@ def pass_at_k_advantages(rewards: torch.Tensor, k: int = 5, success_threshold: f
     miss = torch.exp(_log_comb(grid_n - grid_c - 1, kk - 1) - _log_comb(grid_n - 1, kk - 1))
     a_pos = torch.where(has_signal, (1 - rho) / safe_sigma, 0.0).view(-1)
     a_neg = torch.where(has_signal, (1 - rho - miss) / safe_sigma, 0.0).view(-1)
+    return a_pos, a_neg
+
+
+def pass_at_k_advantages(rewards: torch.Tensor, k: int = 5, success_threshold: float = 1.0) -> torch.Tensor:
+    """Pass@K training (Chen et al. 2025), analytic form for a group of N rollouts, c correct.
+
+    ``rho = 1 - C(N-c, K)/C(N, K)`` (group pass@K), ``sigma = sqrt(rho(1-rho))``,
+    ``A_pos = (1-rho)/sigma``, ``A_neg = (1 - rho - C(N-c-1, K-1)/C(N-1, K-1))/sigma``.
+    Groups with sigma = 0 (no success, or every K-subset holds one) get 0.  N is the number of
+    scorable rollouts; where N < K the group uses K = N.  The closed form is evaluated once on the
+    (N, c) grid of the group size (cached) and looked up per group.
+    """
+    valid, success, c, n = _group_counts(rewards, success_threshold)
+    size = rewards.shape[1] + 1
+    a_pos, a_neg = _pass_at_k_table(size, int(k), rewards.dtype, rewards.device)
     cell = (n * size + c).long()  # (num_groups, 1) index into the flattened grid
     adv = torch.where(success, a_pos[cell], a_neg[cell])
     return torch.where(valid, adv, torch.zeros_like(adv))
@@ -266,18 +276,20 @@ def agrae_advantages(
     asynchronous trainer scores one group at a time).
     """
     valid, success, k, n = _group_counts(rewards, success_threshold)
-    r = success.to(rewards.dtype)
     grouped = n >= 2
     mu = k / n.clamp(min=1)
-    std = ((((r - mu) ** 2) * valid).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
-    g = torch.where(grouped, (r - mu) / (std + AGRAE_EPS), 0.0)
+    # binary r: sum over the group of (r - mu)^2 = k (1 - mu)^2 + (n - k) mu^2, so the std is per group
+    std = ((k * (1 - mu) ** 2 + (n - k) * mu**2) / (n - 1).clamp(min=1)).sqrt()
     if batch_accuracy is None:  # mean of mu over the groups that have one, on the device (no host sync)
         batch_accuracy = (mu * grouped).sum() / grouped.sum().clamp(min=1)
     m = torch.as_tensor(batch_accuracy, dtype=rewards.dtype, device=rewards.device)
     root = mu.sqrt()
-    adv = (1 - m) * 0.5 * g / (1 - root + AGRAE_EPS) + m * 0.5 * g / (root + AGRAE_EPS)
-    adv = torch.where(adv > 0, adv * torch.clamp(m / agrae_alpha, max=1.0), adv)
-    return torch.where(valid, adv, torch.zeros_like(adv))
+    # A = (r - mu) * scale, one scale per group and sign (computed on (num_groups, 1) tensors): positive advantages
+    # are exactly the successes' (r - mu > 0), the only ones the batch-accuracy damping touches
+    scale = ((1 - m) * 0.5 / (1 - root + AGRAE_EPS) + m * 0.5 / (root + AGRAE_EPS)) / (std + AGRAE_EPS)
+    scale_pos = scale * torch.clamp(m / agrae_alpha, max=1.0)
+    adv = (success.to(rewards.dtype) - mu) * torch.where(success, scale_pos, scale)
+    return torch.where(valid & grouped, adv, torch.zeros_like(adv))
 
 
 def scoped_entropy_term(

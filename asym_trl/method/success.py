@@ -21,10 +21,11 @@ DEGENERATE_BATCHES = 10  # generation batches in a row with all advantages 0 bef
 
 
 def non_binary_rewards_message(rewards: torch.Tensor, rewards_per_func: torch.Tensor, names: list[str]) -> str:
-    """'' when the scorable deciding ``rewards`` are all 0 or 1; else which rewards were seen, per function."""
-    seen = rewards[~torch.isnan(rewards)]
-    if bool(((seen == 0) | (seen == 1)).all()):
+    """'' when the scorable deciding ``rewards`` are all 0 or 1; else which rewards were seen, per function (one
+    host read when they are binary)."""
+    if bool(((rewards == 0) | (rewards == 1) | torch.isnan(rewards)).all()):
         return ""
+    seen = rewards[~torch.isnan(rewards)]
     per_func = ", ".join(
         f"{name} in [{col.nan_to_num(float('inf')).min().item():g}, {col.nan_to_num(float('-inf')).max().item():g}]"
         for name, col in zip(names, rewards_per_func.T, strict=True)
@@ -95,14 +96,18 @@ class DegenerateWatch:
         self.rule, self.in_a_row, self.warned_unscorable = rule, 0, False
 
     def update(self, advantages: torch.Tensor, rewards: torch.Tensor | None = None) -> None:
-        if rewards is not None and not self.warned_unscorable and bool(torch.isnan(rewards).all()):
+        """One generation batch's advantages and rewards; one host read (both flags at once)."""
+        check_unscorable = rewards is not None and not self.warned_unscorable
+        flags = [(advantages == 0).all()] + ([torch.isnan(rewards).all()] if check_unscorable else [])
+        all_zero, *unscorable = torch.stack(flags).tolist()
+        if unscorable and unscorable[0]:
             self.warned_unscorable = True
             warnings.warn(
                 f"!!! every reward of this generation batch is None (unscorable; reward functions {self.rule.names}):"
                 " the batch trains nothing. Check that the reward functions can score these completions !!!",
                 stacklevel=3,
             )
-        self.in_a_row = self.in_a_row + 1 if bool((advantages == 0).all()) else 0
+        self.in_a_row = self.in_a_row + 1 if all_zero else 0
         if self.in_a_row == DEGENERATE_BATCHES:
             warnings.warn(
                 f"!!! {DEGENERATE_BATCHES} generation batches in a row with every advantage 0: no gradient from the "

@@ -31,17 +31,21 @@ def is_per_row(value, n: int) -> bool:
     )
 
 
-def select_rows(inputs: dict, index: torch.Tensor) -> dict:
+def select_rows(inputs: dict, index: torch.Tensor | list[int]) -> dict:
     """The batch restricted to the rows ``index`` (in that order): per-row tensors and lists are indexed, the rest
-    is kept."""
+    is kept. ``index`` a host list: no device read (a tensor index is read once, for the per-row lists)."""
     n = len(inputs["advantages"])
+    host = [index] if isinstance(index, list) else []
 
     def pick(value):
         if not is_per_row(value, n):
             return value
         if isinstance(value, torch.Tensor):
-            return value.index_select(0, index.to(value.device))
-        return [value[i] for i in index.tolist()]
+            rows = torch.tensor(host[0], device=value.device) if isinstance(index, list) else index.to(value.device)
+            return value.index_select(0, rows)
+        if not host:
+            host.append(index.tolist())
+        return [value[i] for i in host[0]]
 
     return {key: pick(value) for key, value in inputs.items()}
 

@@ -71,11 +71,12 @@ def informative_rows(advantages: torch.Tensor) -> torch.Tensor:
     return advantages.reshape(len(advantages), -1).ne(0).any(dim=1)
 
 
-def padded_rows(inputs: dict, keep: torch.Tensor, width: int) -> dict:
-    """The kept rows, then skipped rows with their completion masked out (zero loss, zero gradient) up to ``width``."""
-    order = torch.cat([keep.nonzero(), (~keep).nonzero()]).squeeze(1)
+def padded_rows(inputs: dict, keep: torch.Tensor, width: int, kept: int | None = None) -> dict:
+    """The kept rows, then skipped rows with their completion masked out (zero loss, zero gradient) up to ``width``.
+    ``kept``: ``keep``'s count when the caller knows it (else it is read from the device)."""
+    order = torch.argsort((~keep).to(torch.uint8), stable=True)  # kept rows first, each part in its order
     batch = select_rows(inputs, order[:width])
-    batch["completion_mask"][int(keep.sum()) :] = 0  # a fresh tensor (index_select)
+    batch["completion_mask"][int(keep.sum()) if kept is None else kept :] = 0  # a fresh tensor (index_select)
     return batch
 
 
@@ -84,12 +85,12 @@ def regroup(micro_batches: list[dict]) -> list[dict]:
     its order, cut into micro-batches of the same sizes."""
     rows = concat_rows(micro_batches)
     keep = informative_rows(rows["advantages"])
-    order = torch.cat([(~keep).nonzero(), keep.nonzero()]).squeeze(1)
+    order = torch.argsort(keep.to(torch.uint8), stable=True).tolist()  # zero-signal rows first; one host read
     size = len(micro_batches[0]["advantages"])
     return [select_rows(rows, order[start : start + size]) for start in range(0, len(order), size)]
 
 
-def loss_scale(kind: str, inputs: dict, keep: torch.Tensor, width: int) -> float:
+def loss_scale(kind: str, inputs: dict, keep: torch.Tensor, width: int) -> float | torch.Tensor:
     """Factor that turns TRL's loss of the ``width`` forwarded rows (the kept ones first, then masked-out padding)
     into their share of the full micro-batch's loss."""
     if kind == "global":
@@ -97,7 +98,7 @@ def loss_scale(kind: str, inputs: dict, keep: torch.Tensor, width: int) -> float
     if kind == "rows":  # TRL divided by the forwarded row count
         return width / len(keep)
     mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
-    return mask[keep].sum().item() / max(mask.sum().item(), 1.0)
+    return (mask * keep.unsqueeze(1)).sum() / mask.sum().clamp(min=1.0)  # a device tensor: no host read
 
 
 class ZeroSignalSkip:
@@ -156,14 +157,15 @@ class ZeroSignalSkip:
             return loss_fn(inputs)
         keep = informative_rows(inputs["advantages"])
         # Every process forwards the same number of rows (TRL gathers per-row metrics): the most any process keeps.
-        counts = torch.tensor([keep.sum().item(), len(keep)], device=keep.device)
-        counts = self.trainer.accelerator.gather(counts).view(-1, 2)  # every process, every call
-        kept, width = counts[:, 0].sum().item(), max(counts[:, 0].max().item(), 1)
+        counts = torch.stack([keep.sum(), torch.tensor(len(keep), device=keep.device)])
+        counts = self.trainer.accelerator.gather(counts).view(-1, 2).tolist()  # every process, every call; one read
+        kept, width = sum(c[0] for c in counts), max(max(c[0] for c in counts), 1)
         if kept == 0 and self.may_skip_call():  # the same decision on every process
             logged[SKIPPED_FRAC].append(1.0)
             return torch.zeros((), device=keep.device, requires_grad=True)  # backward is a no-op
-        logged[SKIPPED_FRAC].append(1.0 - width * len(counts) / counts[:, 1].sum().item())  # rows not forwarded
-        batch = inputs if width == len(keep) and keep.all() else padded_rows(inputs, keep, width)
+        logged[SKIPPED_FRAC].append(1.0 - width * len(counts) / sum(c[1] for c in counts))  # rows not forwarded
+        here = counts[self.trainer.accelerator.process_index][0]  # this process's informative rows
+        batch = inputs if width == here == len(keep) else padded_rows(inputs, keep, width, here)
         batch = trim_completions(batch, self.trainer.args.pad_to_multiple_of)
         before = {key: len(values) for key, values in logged.items()}
         loss = loss_fn(batch) * loss_scale(loss_normaliser(self.trainer.loss_type), inputs, keep, width)
