@@ -51,7 +51,7 @@ from .generation.weight_check import SYNC_CHECK_MODES, WeightSyncCheck, model_lo
 from .lifecycle.checkpoints import ComponentStates
 from .method.adaptive import STATE_FILE as ADAPTIVE_FILE
 from .method.adaptive import AdaptiveBeta, AdaptiveBetaCallback, BetasFile
-from .method.args import AdvantageArgs
+from .method.args import AdvantageArgs, promote_config
 from .method.estimators import DEFAULT_SUCCESS_THRESHOLD, get_estimator
 from .method.success import SuccessRule
 from .trl_compat import async_loop_hooks, async_trainer_shims, metrics, set_rollout_loop
@@ -128,6 +128,10 @@ class AsymAsyncGRPOConfig(AdvantageArgs, AsyncGRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()  # TRL's own checks first
+        self.validate_method()
+
+    def validate_method(self):
+        """The checks of the fields this config adds (after TRL's; also for a promoted AsyncGRPOConfig)."""
         self._validate_advantage_args()
         if self.scale_rewards == "batch":
             raise ValueError("scale_rewards='batch' does not apply to the async trainer: each group is scored alone")
@@ -352,8 +356,12 @@ class AsymAsyncGRPOTrainer(AsyncGRPOTrainer):
     _name = "AsymAsyncGRPO"
 
     def __init__(self, model, reward_funcs=None, args=None, train_dataset=None, *more, **kwargs):
-        if not isinstance(args, AsymAsyncGRPOConfig):
-            raise TypeError(f"AsymAsyncGRPOTrainer needs args=AsymAsyncGRPOConfig(...), got {type(args).__name__}")
+        if args is None:  # as TRL does for AsyncGRPOConfig
+            args = AsymAsyncGRPOConfig(f"{model.split('/')[-1]}-AsymAsyncGRPO")
+        elif not isinstance(args, AsymAsyncGRPOConfig):
+            if not isinstance(args, AsyncGRPOConfig):
+                raise TypeError(f"AsymAsyncGRPOTrainer needs an AsyncGRPOConfig, got {type(args).__name__}")
+            args = promote_config(args, AsymAsyncGRPOConfig, "AsymAsyncGRPOTrainer")
         self.scorer = GroupScorer.from_config(args)
         if kwargs.get("environment_factory") is None:  # else the worker adds environment rewards: checked there
             funcs = [] if reward_funcs is None else reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]

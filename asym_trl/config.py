@@ -238,6 +238,10 @@ class AsymGRPOConfig(AdvantageArgs, GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()  # TRL's own checks first: ours never mask them
+        self.validate_method()
+
+    def validate_method(self):
+        """The checks of the fields AsymGRPOConfig adds (after TRL's; also for a promoted GRPOConfig)."""
         self._validate_run_length()
         self._validate_estimator()
         self._validate_against_grpo()

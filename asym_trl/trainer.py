@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import torch
+from trl import GRPOConfig
 
 from .config import AsymGRPOConfig
 from .diagnostics.groups import STATE_FILE as DIAGNOSTICS_FILE
@@ -18,6 +19,7 @@ from .lifecycle.reward_guard import guard_reward_funcs
 from .method.adaptive import STATE_FILE as ADAPTIVE_FILE
 from .method.adaptive import AdaptiveBeta, AdaptiveBetaCallback
 from .method.advantages import entropy_shaped_advantages, scoped_entropy_term
+from .method.args import promote_config
 from .method.estimators import get_estimator
 from .method.success import DegenerateWatch, SuccessRule
 from .rollouts.dynamic_sampling import DynamicSampler
@@ -28,7 +30,8 @@ from .trl_compat import GRPOHooks, TokenStats, disable_entropy_bonus, metrics, m
 class AsymGRPOTrainer(GRPOHooks):
     """GRPOTrainer whose advantages come from ``args.advantage_estimator`` (see [`AsymGRPOConfig`]).
 
-    A drop-in: same constructor arguments as [`~trl.GRPOTrainer`]; ``args`` must be an [`AsymGRPOConfig`].
+    A drop-in: same constructor arguments as [`~trl.GRPOTrainer`]; ``args`` an [`AsymGRPOConfig`] (TRL's
+    ``GRPOConfig`` is promoted to one with the paper's defaults, saying so).
     The only changes are:
 
     1. **Advantages** (:meth:`rescore`): after TRL has scored a batch, every group's advantages are recomputed by the
@@ -80,8 +83,10 @@ class AsymGRPOTrainer(GRPOHooks):
         if args is None:  # as TRL does for GRPOConfig
             name = model if isinstance(model, str) else model.config._name_or_path
             args = AsymGRPOConfig(f"{str(name).split('/')[-1]}-AsymGRPO")
-        if not isinstance(args, AsymGRPOConfig):
-            raise TypeError(f"AsymGRPOTrainer needs args=AsymGRPOConfig(...), got {type(args).__name__}")
+        elif not isinstance(args, AsymGRPOConfig):  # TRL's GRPOConfig: a TRL user changes one line
+            if not isinstance(args, GRPOConfig):
+                raise TypeError(f"AsymGRPOTrainer needs a GRPOConfig, got {type(args).__name__}")
+            args = promote_config(args, AsymGRPOConfig, "AsymGRPOTrainer")
         reward_funcs = guard_reward_funcs(reward_funcs, args.reward_failure_policy, args.max_reward_failure_fraction)
         with vllm_generation_class(args):
             super().__init__(model, reward_funcs, args, *more, **kwargs)  # TRL's checks first: ours never mask them

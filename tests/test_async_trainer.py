@@ -201,8 +201,36 @@ def test_config_checks(tmp_path):
         make_config(tmp_path, advantage_estimator="pass_at_k")
     with pytest.raises(ValueError, match="vllm_weight_sync='rdma'"):
         make_config(tmp_path, vllm_weight_sync="rdma")
-    with pytest.raises(TypeError, match="needs args=AsymAsyncGRPOConfig"):
-        AsymAsyncGRPOTrainer("unused", text_reward, args=None)
+    with pytest.raises(TypeError, match="needs an AsyncGRPOConfig, got dict"):
+        AsymAsyncGRPOTrainer("unused", text_reward, args={})
+
+
+def test_args_none_is_tls_default_and_a_trl_config_is_promoted(tiny_model_path, tmp_path):
+    """One line changes for a TRL user: args=None behaves as TRL's (here on CPU: its default config wants bf16, and
+    both say so alike), and TRL's AsyncGRPOConfig is promoted with the paper's defaults (one warning line) and
+    trains, on the fake rollout worker."""
+    from trl.experimental.async_grpo import AsyncGRPOConfig, AsyncGRPOTrainer
+
+    errors = []
+    for trainer_cls in (AsyncGRPOTrainer, AsymAsyncGRPOTrainer):
+        with pytest.raises(ValueError) as error:
+            trainer_cls("org/tiny", text_reward, args=None)
+        errors.append(str(error.value))
+    assert errors[0] == errors[1] and "bf16" in errors[0]
+    args = AsyncGRPOConfig(
+        **cpu_run_kwargs(output_dir=str(tmp_path / "out"), num_generations=G),
+        max_steps=2, per_device_train_batch_size=4, token_budget=0,
+    )  # fmt: skip
+    worker = LaggingWorker(async_tokenizer(tiny_model_path), max_lag=0)
+    with pytest.warns(UserWarning, match="promoted to AsymAsyncGRPOConfig"):
+        trainer = AsymAsyncGRPOTrainer(
+            tiny_model_path, toy_sum_reward, args=args, train_dataset=toy_sum_dataset(8),
+            processing_class=worker.tokenizer, rollout_worker=worker, weight_transfer=NoWeightPush(),
+        )  # fmt: skip
+    assert isinstance(trainer.args, AsymAsyncGRPOConfig) and trainer.scorer.estimator == "asym"
+    assert trainer.args.vllm_weight_sync == "nccl" and trainer.args.max_steps == 2  # TRL's values and our defaults
+    trainer.train()
+    assert trainer.state.global_step == 2
 
 
 # ------------------------------------------------------------------------------------- the CPU tree attention

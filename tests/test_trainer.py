@@ -9,7 +9,7 @@ import pytest
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from asym_trl import AsymGRPOTrainer, compute_advantages
+from asym_trl import AsymGRPOConfig, AsymGRPOTrainer, compute_advantages
 from asym_trl.apps.tiny import toy_sum_dataset
 
 
@@ -180,10 +180,25 @@ def test_a_single_reward_function_decides_success_unweighted(tiny_model_path, cp
     assert torch.equal(torch.tensor(list(trainer._logs["advantages"])), coin * 2 - 1)  # 0.5 x coin never reaches 1
 
 
-def test_rejects_plain_grpo_config(tiny_model_path, tmp_path):
-    args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
-    with pytest.raises(TypeError, match="needs args=AsymGRPOConfig"):
-        AsymGRPOTrainer(tiny_model_path, reward_funcs=coin_reward, args=args, train_dataset=toy_sum_dataset(8))
+def test_a_trl_grpo_config_is_promoted_with_the_papers_defaults(tiny_model_path, tmp_path):
+    """A TRL user changes one line (the trainer's class): their GRPOConfig keeps every value, the method's fields
+    take the paper's defaults, one warning line says so, and it trains."""
+    args = GRPOConfig(
+        output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", learning_rate=1e-3, max_steps=2,
+        per_device_train_batch_size=8, num_generations=4, max_completion_length=8, epsilon_high=0.28,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match=r"promoted to AsymGRPOConfig .*'asym', beta_pos=0.9, beta_neg=0.4"):
+        trainer = AsymGRPOTrainer(
+            tiny_model_path, reward_funcs=coin_reward, args=args, train_dataset=toy_sum_dataset(8)
+        )
+    promoted = trainer.args
+    assert isinstance(promoted, AsymGRPOConfig) and promoted is not args and type(args) is GRPOConfig
+    assert (promoted.learning_rate, promoted.epsilon_high, promoted.output_dir) == (1e-3, 0.28, str(tmp_path))
+    assert promoted.estimator_params["beta_pos"] == 0.9 and promoted.log_diagnostics
+    trainer.train()
+    assert trainer.state.global_step == 2
+    with pytest.raises(TypeError, match="needs a GRPOConfig, got dict"):
+        AsymGRPOTrainer(tiny_model_path, reward_funcs=coin_reward, args={}, train_dataset=toy_sum_dataset(8))
 
 
 # ----------------------------------------------------------------- the loss terms, on one generated batch

@@ -120,6 +120,11 @@ def last_digit_splits(num_test: int = 500, seed: int = 0, low: int = 10, high: i
     return train, test
 
 
+def last_digit_train():
+    """The quickstart task's train split (``dataset_name: asym_trl.apps.tiny:last_digit_train`` in a recipe)."""
+    return last_digit_splits()[0]
+
+
 _FINAL_ANSWER = re.compile(r"so (\d)\s*$")
 
 

@@ -4,7 +4,10 @@ parameters of A-GRAE and of the adaptive beta controller."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 
 from .advantages import GRPO_STD
@@ -156,3 +159,23 @@ class AdvantageArgs:
                 f"{num_reward_funcs} reward functions: set success_reward_func to the one that decides success "
                 "(e.g. 'accuracy'), or to 'weighted_sum' to threshold TRL's weighted sum at success_threshold"
             )
+
+
+def promote_config(args, cls, trainer: str):
+    """TRL's own config (``GRPOConfig``, ``AsyncGRPOConfig``) as ``cls``, its asym_trl subclass, for a TRL user who
+    changes one line (the trainer's class): every value as TRL resolved it, the fields ``cls`` adds at their
+    defaults (the paper's AsymGRPO: ``advantage_estimator="asym"``, (0.9, 0.4)), then ``cls``'s own checks
+    (``validate_method``); one warning line says so."""
+    promoted = copy.copy(args)  # TRL's __post_init__ has run: its values are kept, not resolved again
+    promoted.__class__ = cls
+    for f in dataclasses.fields(cls):
+        if f.init and f.name not in vars(promoted):
+            setattr(promoted, f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+    promoted.validate_method()
+    warnings.warn(
+        f"{trainer}: args is TRL's {type(args).__name__}; promoted to {cls.__name__} with the paper's defaults "
+        f"(advantage_estimator={promoted.advantage_estimator!r}, beta_pos={promoted.beta_pos}, "
+        f"beta_neg={promoted.beta_neg}); pass a {cls.__name__} to choose",
+        stacklevel=3,
+    )
+    return promoted
