@@ -279,11 +279,31 @@ def analyse(out: Path, results_path: Path | None = None) -> dict:
     ]  # fmt: skip
     (out / "table.md").write_text(render(summary))
     curves = tb.aggregate_curves(out, METHODS)
+    add_long_curves(out, curves)
     for path in filter(None, [out / "results.json", results_path]):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(summary, indent=1) + "\n")
         Path(path).with_name("curves.json").write_text(json.dumps(curves) + "\n")
     return summary
+
+
+def add_long_curves(out: Path, curves: dict, every: int = 4) -> None:
+    """The long runs' curves, thinned to every ``every``-th step (the JSON stays small enough to commit): the
+    training curves of :func:`testbed.aggregate_curves`, plus the pre-clip gradient norm and adaptive beta's betas."""
+    runs: dict[str, list[dict]] = {}
+    for path in sorted((out / "runs").glob("*.json")):
+        run = json.loads(path.read_text())
+        runs.setdefault(run["method"], []).append(run)
+    for method, group in runs.items():
+        training = curves[method]["training"]
+        for key in ("grad_norm", "adaptive/beta_pos", "adaptive/beta_neg"):
+            logged = [[h for h in r["training_curve"] if h.get(key) is not None] for r in group]
+            if all(logged):
+                steps = [h["step"] for h in min(logged, key=len)]
+                training[key] = {"steps": steps} | tb._band([[h[key] for h in rows] for rows in logged])
+        for series in training.values():
+            for name in series:
+                series[name] = series[name][::every]
 
 
 def render(summary: dict) -> str:

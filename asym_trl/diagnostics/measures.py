@@ -175,12 +175,9 @@ def split_token_sums(
     if correct.shape != (values.shape[0],) or incorrect.shape != (values.shape[0],):
         raise ValueError(f"correct and incorrect must have shape ({values.shape[0]},)")
     mask = mask.to(values.dtype)
-    masked = values * mask
-    out = []
-    for sel in (correct, incorrect):
-        rows = sel.to(values.dtype).unsqueeze(1)
-        out += [(masked * rows).sum(), (mask * rows).sum()]
-    return torch.stack(out).detach().float()
+    per_row = torch.stack([(values.detach() * mask).sum(dim=1), mask.sum(dim=1)])  # (2, B): token sums and counts
+    selected = torch.stack([correct, incorrect]).to(values.dtype)  # (2, B)
+    return (selected @ per_row.T).reshape(-1).float()  # [sum_c, tokens_c, sum_i, tokens_i]
 
 
 def length_normalized_logps(per_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
