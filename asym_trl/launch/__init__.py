@@ -5,7 +5,8 @@
 - ``preflight``: what is checked offline before anything heavy loads (and what ``--dry-run`` resolves);
 - ``loggers``: the loggers of ``report_to`` (wandb, trackio, tensorboard): their packages checked before anything
   loads, and where they log by default (wandb under ``output_dir``, project ``asym-trl``);
-- ``hub``: the model card and the Hugging Face Hub push (``asym-trl push``).
+- ``model_card``: the model card of a run directory (training metrics, validation and evaluation tables, recipe);
+- ``hub``: the Hugging Face Hub push (``asym-trl push``).
 
 May import: the config, the trainers and every layer below them; never the entry modules (``train``,
 ``train_async``, ``cli``) or ``apps``.
