@@ -64,6 +64,16 @@ def read_wandb_records(path: Path) -> list:
     return records
 
 
+def read_finished_wandb_run(path: Path) -> list:
+    """The records of the run, once finished as the end of the `asym-trl train` process finishes it (atexit:
+    transformers' callback leaves the run open): until wandb's service process is torn down the file may be empty."""
+    import wandb
+
+    wandb.finish()
+    wandb.teardown()
+    return read_wandb_records(path)
+
+
 def test_wandb_offline_run_lands_in_output_dir_with_project_and_diagnostics(tiny_model_path, tmp_path, monkeypatch):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -74,13 +84,10 @@ def test_wandb_offline_run_lands_in_output_dir_with_project_and_diagnostics(tiny
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
     out = tmp_path / "out"
     assert _train(tiny_model_path, out, *SHORT, "--report_to", "wandb") == 0
-    import wandb
-
-    wandb.finish()  # what the end of the `asym-trl train` process does (atexit): the run file is complete
     assert list(cwd.iterdir()) == []  # nothing in the current directory
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list(out.rglob("*"))
-    records = read_wandb_records(next(runs[0].glob("*.wandb")))
+    records = read_finished_wandb_run(next(runs[0].glob("*.wandb")))
     assert [r.run.project for r in records if r.WhichOneof("record_type") == "run"] == ["asym-trl"]
     history = [
         {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
