@@ -8,7 +8,8 @@
 The recipe format, its checks and the batch arithmetic are `asym_trl.launch.recipes`.  What `main()` does, in order:
 1. Resolve and check the recipe (`asym_trl.launch.recipes.parse_args`): an unknown key or a bad value stops here,
    naming the key, before anything heavy is imported or loaded; then what the run needs is found without loading it
-   (`asym_trl.launch.preflight`: reward functions, datasets, the model's config, a writable `output_dir`).
+   (`asym_trl.launch.preflight`: reward functions, datasets, the model's config, a writable `output_dir`, the
+   loggers' packages: `asym_trl.launch.loggers`).
    `--dry-run`: print the resolved recipe, what it found and the batch arithmetic (prompts per rollout step,
    completions per optimizer step, optimizer steps per generation) and exit.  Every user mistake is one line
    `asym-trl train: error: ...` and exit code 2 (`asym_trl.errors`; `ASYM_TRL_DEBUG=1` shows the traceback).
@@ -42,6 +43,7 @@ import yaml
 
 from .config import AsymGRPOConfig
 from .errors import one_line_errors
+from .launch.loggers import check_loggers, set_logger_defaults
 from .launch.preflight import check_model, check_output_dir, locate_datasets
 from .launch.recipes import (
     RESOLVED_RECIPE_FILE,
@@ -238,6 +240,7 @@ def _resolve(script_args: ScriptArguments, training_args: AsymGRPOConfig, model_
     if model_args.model_name_or_path is not None:
         found.append(f"model: {check_model(model_args.model_name_or_path)}")
     check_output_dir(training_args.output_dir)
+    check_loggers(training_args.report_to)
     return reward_funcs, found
 
 
@@ -269,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     training_args.push_to_hub = False  # asym_trl.launch.hub pushes once at the end, with its own model card
     if push:
         hub.warn_if_cannot_push(training_args.hub_model_id)
+    set_logger_defaults(training_args)  # wandb under output_dir, project asym-trl (unless set)
 
     # trainer
     trainer = AsymGRPOTrainer(

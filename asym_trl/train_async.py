@@ -16,6 +16,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from .launch.loggers import check_loggers, set_logger_defaults
 from .launch.recipes import RecipeError, import_object, parse_recipe
 from .train import _write_resolved_recipe, load_reward_funcs
 
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         script_args, training_args, resolved = parse_args(argv)
+        check_loggers(training_args.report_to)
         if script_args.dry_run:
             import yaml
 
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .async_trainer import AsymAsyncGRPOTrainer
 
+    set_logger_defaults(training_args)  # wandb under output_dir, project asym-trl (unless set)
     trainer = AsymAsyncGRPOTrainer(
         script_args.model_name_or_path,
         reward_funcs,

@@ -152,7 +152,8 @@ def test_the_architecture_checks_can_fail():
     graph = {m: set(t) for m, t in GRAPH.items()}
     graph["asym_trl.launch.preflight"].add("asym_trl.train")
     assert upward_imports(graph) == ["asym_trl.launch.preflight (layer 7) -> asym_trl.train (layer 8)"]
-    assert import_circles(graph) == [["asym_trl.launch.preflight", "asym_trl.train"]]
+    (circle,) = import_circles(graph)  # with every module on a path train -> ... -> preflight (e.g. via hub)
+    assert {"asym_trl.launch.preflight", "asym_trl.train"} <= set(circle)
     source = "def f():\n    from ..train import import_object\n"
     path = PACKAGE / "launch" / "preflight.py"
     assert "asym_trl.train" in _imports_of_source("asym_trl.launch.preflight", path, source)

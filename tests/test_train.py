@@ -126,7 +126,8 @@ def test_model_card_names_estimator_betas_recipe_and_eval_table(trained_run, tmp
     assert (
         "| math500 |  | 89.33 |  |" in card and "| aime24 | 39.33 |  |  |" in card and "| amc23 |  |  | 81 |" in card
     )
-    assert card.startswith("---\n") and f"base_model: {out.parent / 'tiny'}" in card  # Hub front matter
+    assert card.startswith("---\n") and "base_model" not in card.split("---")[1]  # never a local path
+    assert f"The local model `{out.parent / 'tiny'}` fine-tuned" in card and "| mean reward | `reward` |" in card
     text = hub.render_model_card(
         model_name="m",
         base_model="Qwen/Qwen3-4B",

@@ -177,6 +177,7 @@ class GroupDiagnostics(TrainerCallback):
             self.epoch_counts = torch.zeros_like(self.epoch_counts)
         if control.should_log or last:  # TRL logs after this callback: the deferred values join its buffer now
             self.deferred.flush()
+            metrics(self.trainer, "train")["rollout_step"] = [self.rollout_steps_done()]  # set, never averaged
 
     def _log_epoch(self, epoch: int, step: int, all_solved: float, none_solved: float) -> None:
         """The epoch's shares, in the next log entry TRL makes anyway (no extra entry, which would flush TRL's
@@ -188,13 +189,20 @@ class GroupDiagnostics(TrainerCallback):
         for name, value in values.items():
             logged[f"groups/{name}"] = [value]
 
+    def rollout_steps_done(self) -> float:
+        """The rollout steps done (``rollout_step``: the paper's training step, the x-axis of ``asym-trl plot``).
+        Put in TRL's metrics at each logging step (:meth:`on_step_end`), so ``trainer_state.json`` and every logger
+        (wandb, trackio, tensorboard) get it."""
+        args, step = self.trainer.args, self.trainer.state.global_step
+        return diag.rollout_steps_done(
+            step, args.gradient_accumulation_steps, args.steps_per_generation, args.num_iterations
+        )
+
     def on_log(self, args, state, control, **kwargs):
-        """The entry just added to the log history gets its rollout step (``rollout_step``: the paper's training
-        step, the x-axis of ``asym-trl plot``); only ``trainer_state.json`` sees it, not the loggers."""
+        """A log entry TRL made without the training metrics (an evaluation's) gets ``rollout_step`` too, in
+        ``trainer_state.json``."""
         if state.log_history:
-            state.log_history[-1]["rollout_step"] = diag.rollout_steps_done(
-                state.global_step, args.gradient_accumulation_steps, args.steps_per_generation, args.num_iterations
-            )
+            state.log_history[-1].setdefault("rollout_step", self.rollout_steps_done())
 
     def on_train_end(self, args, state, control, **kwargs):
         self.trainer.save_state()  # trainer_state.json in output_dir, for `asym-trl plot` (main process only)

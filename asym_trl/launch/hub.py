@@ -1,190 +1,66 @@
-"""Model card and Hugging Face Hub push for a finished run directory.
+"""Hugging Face Hub push of a finished run directory (`asym-trl push`); its model card is `model_card`'s.
 
     asym-trl push runs/qwen3-4b-math-asym --hub_model_id me/qwen3-4b-asymgrpo --eval_results results.json
 
 A run directory is what `asym_trl.train` writes to `output_dir`: the final model, `best/` (the best model by
-greedy validation, with `best.json`), `validation.jsonl`, `recipe.yaml` (the resolved recipe) and, once evaluated,
-`eval_results.json` (or pass `asym-trl eval`'s `results.json`).  The card names the advantage estimator and the
-parameters it reads (betas, scales, ...), the recipe (embedded) and the evaluation table.  A push uploads the best
-model when there is one (the paper reports the checkpoint best on MATH-500), else the final one, with the card and the
+greedy validation, with `best.json`), `validation.jsonl`, `trainer_state.json`, `recipe.yaml` (the resolved recipe)
+and, once evaluated, `eval_results.json` (or pass `asym-trl eval`'s `results.json`).  The card
+(`asym_trl.launch.model_card`) names the advantage estimator and the parameters it reads (betas, scales, ...), the
+last training metrics, the validation and evaluation tables and the recipe (embedded).  A push uploads the best model
+when there is one (the paper reports the checkpoint best on MATH-500), else the final one, with the card and the
 run's records, never the `checkpoint-*` folders; when it cannot happen (offline, not logged in, no access) it raises
-`HubPushError` with the reason and leaves the local run untouched, so it can be retried with `asym-trl push`.
+`HubPushError` with the reason and leaves the local run untouched, with the `asym-trl push` command that retries it
+(every option given repeated).  Nothing heavy is imported until a card is written: `asym-trl push --help` is instant.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
+import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 from ..errors import OneLineParser, UsageError, one_line_errors
-from ..method.estimators import get_estimator
-from .recipes import RESOLVED_RECIPE_FILE, load_recipe, parse_args
+from .model_card import (  # the card is model_card's; its names stay importable from here
+    BEST_DIR,
+    CARD_FILE,
+    EVAL_RESULTS_FILE,
+    PAPER,
+    load_eval_results,
+    render_model_card,
+    write_model_card,
+)
 
-CARD_FILE = "README.md"
-EVAL_RESULTS_FILE = "eval_results.json"
-BEST_DIR = "best"
-RUN_RECORDS = ("README.md", "recipe.yaml", "validation.jsonl", EVAL_RESULTS_FILE)  # pushed beside the model
+__all__ = [
+    "CARD_FILE",
+    "PAPER",
+    "HubPushError",
+    "files_to_push",
+    "load_eval_results",
+    "main",
+    "push_command",
+    "push_run",
+    "render_model_card",
+    "write_model_card",
+]
+
+# pushed beside the model: the card and the run's records (trainer_state.json: the training log `asym-trl plot` reads)
+RUN_RECORDS = ("README.md", "recipe.yaml", "validation.jsonl", EVAL_RESULTS_FILE, "trainer_state.json")
 _NOT_MODEL = ("checkpoint-", "runs", "wandb", BEST_DIR, *RUN_RECORDS)
-PAPER = "Rethinking Exploration in RLVR: Bidirectional Entropy Modulation (AsymGRPO)"
 
 
 class HubPushError(RuntimeError):
     """The run could not be pushed; the local run directory is unchanged."""
 
 
-def load_eval_results(path: str | Path) -> dict[str, dict[str, float]]:
-    """Read `{benchmark: score}`, `{benchmark: {metric: score}}` or `asym-trl eval`'s `results.json` into
-    `{benchmark: {metric: score}}`."""
-    with open(path) as f:
-        raw = json.load(f)
-    if isinstance(raw, dict) and isinstance(raw.get("benchmarks"), dict):  # `asym-trl eval`'s results.json
-        raw = {name: {f"avg@{r['k']}": r["avg_at_k"]} for name, r in raw["benchmarks"].items()}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: evaluation results must be a JSON object of benchmark -> score(s)")
-    results = {}
-    for bench, scores in raw.items():
-        scores = scores if isinstance(scores, dict) else {"score": scores}
-        for metric, value in scores.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{path}: score of {bench}/{metric} must be a number, got {value!r}")
-        results[bench] = {metric: float(value) for metric, value in scores.items()}
-    return results
-
-
-def render_model_card(
-    *,
-    model_name: str,
-    base_model: str | None,
-    estimator: str,
-    estimator_params: dict[str, Any],
-    recipe_text: str,
-    recipe_source: str | None = None,
-    dataset: str | None = None,
-    selection: str | None = None,
-    settings: dict[str, Any] | None = None,
-    eval_results: dict[str, dict[str, float]] | None = None,
+def push_command(
+    output_dir: str | Path, hub_model_id: str | None, *, eval_results: str | None = None, private: bool = False
 ) -> str:
-    """The model card (YAML front matter + markdown) of an asym_trl run."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    data = ModelCardData(
-        base_model=base_model,
-        library_name="transformers",
-        tags=["asym_trl", "trl", "grpo", "asymgrpo", "reinforcement-learning"],
-        datasets=[dataset] if dataset and "/" in dataset else None,
-    )
-    # the parameters the registry says this estimator reads (betas, per-sign scales, K, threshold, ...)
-    params = ", ".join(f"{name} = {value}" for name, value in estimator_params.items())
-    rows = "\n".join(f"| `{key}` | `{value}` |" for key, value in (settings or {}).items())
-    if eval_results:
-        metrics = sorted({m for scores in eval_results.values() for m in scores})
-        header = "| benchmark | " + " | ".join(metrics) + " |\n|---|" + "---|" * len(metrics)
-        body = "\n".join(
-            f"| {bench} | " + " | ".join(_fmt(scores.get(m)) for m in metrics) + " |"
-            for bench, scores in eval_results.items()
-        )
-        evaluation = f"{header}\n{body}"
-    else:
-        evaluation = "No evaluation results yet: evaluate the model, then `asym-trl push RUN --eval_results FILE`."
-    source = f" from `{recipe_source}`" if recipe_source else ""
-    intro = (
-        f"{f'`{base_model}`' if base_model else 'A model'} fine-tuned with `asym_trl` (AsymGRPO on Hugging Face TRL)"
-        f"{f' on `{dataset}`' if dataset else ''}: reinforcement learning with verifiable rewards.\n"
-        f"Paper: *{PAPER}*."
-    )
-    content = f"""---
-{data.to_yaml()}
----
-
-# {model_name}
-
-{intro}
-
-## Method
-
-- advantage estimator: `{estimator}`
-- estimator parameters: {params or "none"}
-- weights: {selection or "the final step of training"}
-
-| setting | value |
-|---|---|
-{rows}
-
-## Evaluation
-
-{evaluation}
-
-## Recipe
-
-The resolved recipe{source} (reload it with `asym-trl train --config recipe.yaml`):
-
-```yaml
-{recipe_text.strip()}
-```
-"""
-    return str(ModelCard(content))
-
-
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.4g}"
-
-
-def _card_settings(script_args, training_args) -> dict[str, Any]:
-    """The settings a reader of the card needs beside the estimator (the full recipe follows them)."""
-    ta = training_args
-    keys = ["learning_rate", "num_generations", "max_completion_length", "loss_type", "epsilon", "epsilon_high"]
-    if ta.entropy_coef:
-        keys += ["entropy_coef", "entropy_scope"]
-    if ta.entropy_adv_alpha:
-        keys += ["entropy_adv_alpha", "entropy_adv_kappa"]
-    if "pass_at_k" in get_estimator(ta.advantage_estimator).params:
-        keys.append("pass_at_k")
-    settings = {key: getattr(ta, key) for key in keys}
-    if settings["epsilon_high"] is None:
-        settings["epsilon_high"] = ta.epsilon  # TRL's default: symmetric clipping
-    settings["reward_funcs"] = script_args.reward_funcs
-    return settings
-
-
-def write_model_card(output_dir: str | Path, eval_results: str | Path | None = None) -> Path:
-    """Write `README.md` of a run directory from its `recipe.yaml` (and evaluation results, if any)."""
-    output_dir = Path(output_dir)
-    recipe_path = output_dir / RESOLVED_RECIPE_FILE
-    if not recipe_path.is_file():
-        raise FileNotFoundError(f"{output_dir} is not an asym_trl run: {RESOLVED_RECIPE_FILE} is missing")
-    recipe_text = recipe_path.read_text()
-    script_args, training_args, model_args, _ = parse_args(["--config", str(recipe_path)])
-    if eval_results is None and (output_dir / EVAL_RESULTS_FILE).is_file():
-        eval_results = output_dir / EVAL_RESULTS_FILE
-    source = re.search(r"^# source: (\S+)", recipe_text, re.MULTILINE)
-    best = output_dir / BEST_DIR / "best.json"
-    selection = None
-    if best.is_file():
-        record = json.loads(best.read_text())
-        selection = (
-            f"the best step by greedy validation, step {record['step']} "
-            f"({record['select_on']} = {_fmt(record['score'])})"
-        )
-    hub_id = training_args.hub_model_id
-    card = render_model_card(
-        model_name=hub_id.split("/")[-1] if hub_id else output_dir.name,
-        base_model=model_args.model_name_or_path,
-        estimator=training_args.advantage_estimator,
-        estimator_params=training_args.estimator_params,
-        recipe_text=recipe_text,
-        recipe_source=source.group(1) if source else None,
-        dataset=script_args.dataset_name,
-        selection=selection,
-        settings=_card_settings(script_args, training_args),
-        eval_results=load_eval_results(eval_results) if eval_results is not None else None,
-    )
-    path = output_dir / CARD_FILE
-    path.write_text(card)
-    return path
+    """The ``asym-trl push`` command line that pushes this run with every option given (the retry hint)."""
+    argv = ["asym-trl", "push", str(output_dir), "--hub_model_id", hub_model_id or "user/name"]
+    argv += ["--eval_results", str(eval_results)] if eval_results else []
+    argv += ["--private"] if private else []
+    return shlex.join(argv)
 
 
 def _offline() -> bool:
@@ -214,11 +90,18 @@ def warn_if_cannot_push(hub_model_id: str | None) -> None:
 
 
 def push_run(
-    output_dir: str | Path, hub_model_id: str, *, private: bool | None = None, token: str | None = None
+    output_dir: str | Path,
+    hub_model_id: str | None,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    retry_command: str | None = None,
 ) -> str:
-    """Upload a run directory (model, tokenizer, card, recipe; no checkpoints) to `hub_model_id`; return its URL."""
+    """Upload a run directory (model, tokenizer, card, recipe; no checkpoints) to `hub_model_id`; return its URL.
+    A failure says how to retry: ``retry_command``, else ``asym-trl push OUTPUT_DIR --hub_model_id ID [--private]``."""
     output_dir = Path(output_dir)
-    retry = f"the local run {output_dir} is unchanged; retry with `asym-trl push {output_dir}`"
+    retry_command = retry_command or push_command(output_dir, hub_model_id, private=bool(private))
+    retry = f"the local run {output_dir} is unchanged; retry with `{retry_command}`"
     if not hub_model_id:
         raise HubPushError(f"hub_model_id is not set (want 'user/name'); {retry}")
     reason = _push_blocker(token)
@@ -273,15 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--card_only", "--card-only", action="store_true", help="write README.md, do not push")
     opts = parser.parse_args(argv)
-    try:
-        card = write_model_card(opts.output_dir, opts.eval_results)
+    try:  # the heavy imports (TRL, huggingface_hub) start here: `--help` above answers at once
+        from .recipes import RESOLVED_RECIPE_FILE, load_recipe
+
+        card = write_model_card(opts.output_dir, opts.eval_results, opts.hub_model_id)
         print(f"model card written to {card}")
         if opts.card_only:
             return 0
         hub_model_id = opts.hub_model_id or load_recipe(Path(opts.output_dir) / RESOLVED_RECIPE_FILE).get(
             "hub_model_id"
         )
-        print(f"pushed to {push_run(opts.output_dir, hub_model_id, private=opts.private or None)}")
+        retry = push_command(opts.output_dir, hub_model_id, eval_results=opts.eval_results, private=opts.private)
+        url = push_run(opts.output_dir, hub_model_id, private=opts.private or None, retry_command=retry)
+        print(f"pushed to {url}")
     except HubPushError as e:  # the Hub refused or cannot be reached: exit 1, the run is unchanged
         print(f"asym-trl push: error: {e}", file=sys.stderr)
         return 1
