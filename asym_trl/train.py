@@ -8,9 +8,11 @@
 The recipe format, its checks and the batch arithmetic are `asym_trl.launch.recipes`.  What `main()` does, in order:
 1. Resolve and check the recipe (`asym_trl.launch.recipes.parse_args`): an unknown key or a bad value stops here,
    naming the key, before anything heavy is imported or loaded; then what the run needs is found without loading it
-   (`asym_trl.launch.preflight`: reward functions, datasets, the model's config, a writable `output_dir`).
+   (`asym_trl.launch.preflight`: reward functions, datasets, the model's config, a writable `output_dir`, and what
+   the Hub cannot give here: one probe, or `HF_HUB_OFFLINE` and the local cache).
    `--dry-run`: print the resolved recipe, what it found and the batch arithmetic (prompts per rollout step,
-   completions per optimizer step, optimizer steps per generation) and exit.  Every user mistake is one line
+   completions per optimizer step, optimizer steps per generation), with what a launch here would stop on as notes
+   (an unreachable Hub, a quantization without a GPU), and exit.  Every user mistake is one line
    `asym-trl train: error: ...` and exit code 2 (`asym_trl.errors`; `ASYM_TRL_DEBUG=1` shows the traceback).
 2. Model: `model_name_or_path` with the recipe's dtype / quantization / LoRA (TRL's `get_quantization_config`,
    `get_peft_config`).  QLoRA is `load_in_4bit: true` + `use_peft: true`; where bitsandbytes cannot run (not
@@ -35,6 +37,7 @@ import os
 import shlex
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -214,7 +217,7 @@ def describe_model(model_args) -> str:
     return f"{base} + {adapters}" + (" (QLoRA)" if quant is not None and peft is not None else "")
 
 
-def _print_dry_run(resolved: dict[str, Any], training_args: AsymGRPOConfig, model_args, plan, found) -> None:
+def _print_dry_run(resolved: dict[str, Any], training_args: AsymGRPOConfig, model_args, plan, found, notes) -> None:
     from .launch.recipes import describe_plan
 
     print("# resolved recipe (recipe + command line, defaults omitted)")
@@ -226,6 +229,8 @@ def _print_dry_run(resolved: dict[str, Any], training_args: AsymGRPOConfig, mode
     for line in found:
         print(f"# found {line}")
     if (message := quantization_error(model_args, training_args)) is not None:
+        notes = [*notes, message]
+    for message in notes:
         print(f"# note: a launch here would stop: {message}")
     print(describe_plan(plan, training_args))
 
@@ -254,10 +259,11 @@ def _write_resolved_recipe(output_dir: str, resolved: dict[str, Any], argv: list
         yaml.safe_dump(resolved, f, sort_keys=True)
 
 
-def _resolve(script_args: ScriptArguments, training_args: AsymGRPOConfig, model_args) -> tuple[list, list[str]]:
-    """Everything a run needs, found without loading weights or data: the reward functions, and one line each for
-    the datasets and the model (`RecipeError` naming what is missing); the output directory must be writable."""
-    from .launch.preflight import check_model, check_output_dir, locate_datasets
+def _resolve(script_args: ScriptArguments, training_args: AsymGRPOConfig, model_args) -> tuple[list, list, list]:
+    """Everything a run needs, found without loading weights or data: the reward functions, one line each for the
+    datasets and the model (`RecipeError` naming what is missing), and what the Hub cannot give here (a launch stops
+    on it, `--dry-run` notes it); the output directory must be writable."""
+    from .launch.preflight import check_model, check_output_dir, hub_problems, locate_datasets
     from .launch.recipes import RecipeError
 
     reward_funcs = load_reward_funcs(script_args.reward_funcs)
@@ -269,7 +275,10 @@ def _resolve(script_args: ScriptArguments, training_args: AsymGRPOConfig, model_
     if model_args.model_name_or_path is not None:
         found.append(f"model: {check_model(model_args.model_name_or_path)}")
     check_output_dir(training_args.output_dir)
-    return reward_funcs, found
+    problems = hub_problems(script_args, model_args.model_name_or_path)
+    if problems and not script_args.dry_run:
+        raise RecipeError(problems[0])
+    return reward_funcs, found, problems
 
 
 @one_line_errors("train")
@@ -280,13 +289,16 @@ def main(argv: list[str] | None = None) -> int:
     from .launch.recipes import describe_plan, parse_args, plan_for
 
     show_once()  # upstream deprecations: once per run, not at every step
-    script_args, training_args, model_args, resolved = parse_args(argv)
-    plan = plan_for(training_args, resolved, script_args.num_processes or training_args.world_size)
-    if not script_args.dry_run and (message := _launch_error(script_args, training_args, model_args)) is not None:
-        return _error(message)
-    reward_funcs, found = _resolve(script_args, training_args, model_args)
+    with warnings.catch_warnings(record=True) as caught:  # shown once the checks pass: a mistake is one line
+        script_args, training_args, model_args, resolved = parse_args(argv)
+        plan = plan_for(training_args, resolved, script_args.num_processes or training_args.world_size)
+        if not script_args.dry_run and (message := _launch_error(script_args, training_args, model_args)):
+            return _error(message)
+        reward_funcs, found, notes = _resolve(script_args, training_args, model_args)
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if script_args.dry_run:
-        _print_dry_run(resolved, training_args, model_args, plan, found)
+        _print_dry_run(resolved, training_args, model_args, plan, found, notes)
         return 0
 
     from trl import get_peft_config

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 
 from .train import _write_resolved_recipe, load_reward_funcs, print_help
@@ -125,25 +126,41 @@ def load_train_set(script_args: AsyncScriptArguments):
     return load_train_dataset(name, split=split, data_files=files, **prompt)
 
 
+def check_launch_model(script_args: AsyncScriptArguments) -> None:
+    """The model is set and can be found here: a saved local directory, or a Hub id the Hub (or, with
+    ``HF_HUB_OFFLINE``, the local cache) can give (``asym_trl.launch.preflight``); a ``RecipeError`` if not."""
+    from .launch.preflight import check_model, hub_problems
+    from .launch.recipes import RecipeError
+
+    if script_args.model_name_or_path is None:
+        raise RecipeError("model_name_or_path is not set (a Hub id or a local directory)")
+    check_model(script_args.model_name_or_path)
+    if problems := hub_problems(script_args, script_args.model_name_or_path):
+        raise RecipeError(problems[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if print_help(argv, USAGE, make_parser):
         return 0
     try:
-        script_args, training_args, resolved = parse_args(argv)
-        if script_args.dry_run:
-            import yaml
-
-            print(yaml.safe_dump(resolved, sort_keys=False), end="")
-            return 0
-        if script_args.model_name_or_path is None:
-            raise ValueError("model_name_or_path is not set (a Hub id or a local directory)")
-        reward_funcs = load_reward_funcs(script_args.reward_funcs)
-        train_dataset = load_train_set(script_args)
-        tokenizer = load_tokenizer(script_args)
+        with warnings.catch_warnings(record=True) as caught:  # shown once the checks pass: a mistake is one line
+            script_args, training_args, resolved = parse_args(argv)
+            if not script_args.dry_run:
+                reward_funcs = load_reward_funcs(script_args.reward_funcs)
+                train_dataset = load_train_set(script_args)
+                check_launch_model(script_args)
+                tokenizer = load_tokenizer(script_args)
     except (ValueError, FileNotFoundError) as e:  # RecipeError is a ValueError
         print(f"asym-trl train-async: error: {e}", file=sys.stderr)
         return 2
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if script_args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(resolved, sort_keys=False), end="")
+        return 0
 
     from .async_trainer import AsymAsyncGRPOTrainer
 
