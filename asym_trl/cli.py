@@ -1,7 +1,13 @@
-"""The ``asym-trl`` command: one sub-command per everyday task, each a module with ``main(argv)``."""
+"""The ``asym-trl`` command: one sub-command per everyday task, each a module with ``main(argv)``.
+
+A command's module imports the heavy libraries (torch, transformers, TRL, datasets, vLLM) inside ``main``, after its
+arguments are parsed, so that ``asym-trl --help`` and ``asym-trl <command> --help`` answer at once
+(``tests/test_cli_help.py``).
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -25,12 +31,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def make_parser() -> OneLineParser:
+    width = max(map(len, COMMANDS))
+    commands = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items())
+    parser = OneLineParser(
+        prog="asym-trl",
+        usage="asym-trl COMMAND [options]",
+        description=f"AsymGRPO on Hugging Face TRL.\n\ncommands:\n{commands}",
+        epilog="asym-trl COMMAND --help: the options of one command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS), help=argparse.SUPPRESS)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = OneLineParser(prog="asym-trl", description="AsymGRPO on Hugging Face TRL")
-    parser.add_argument(
-        "command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items())
-    )
+    parser = make_parser()
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0

@@ -2,7 +2,8 @@
 
 Every ``asym-trl`` sub-command's ``main`` is wrapped in :func:`one_line_errors`: a :class:`UsageError` (a recipe key,
 a path, a name the user gave) becomes that one line on stderr, with no traceback; ``ASYM_TRL_DEBUG=1`` shows the
-traceback instead.  Argument parsers built on :class:`OneLineParser` answer bad flags the same way.  Anything else
+traceback instead.  Argument parsers built on :class:`OneLineParser` answer bad flags the same way (and print
+docstrings as plain text: no bold, emphasis or double-backtick markup in ``--help``).  Anything else
 (a bug, a crash in user code) still propagates with its traceback.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -53,7 +55,12 @@ def one_line_errors(command: str) -> Callable:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line (``<prog>: error: ...``, exit 2), without the usage block."""
+    """An ``ArgumentParser`` whose errors are one line (``<prog>: error: ...``, exit 2), without the usage block, and
+    whose help is plain text (descriptions are often docstrings)."""
+
+    def format_help(self) -> str:
+        text = re.sub(r"\*\*|``", "", super().format_help())  # **bold**, ``code``
+        return re.sub(r"(?<![\w*])\*(\S[^*\n]*?)\*(?![\w*])", r"\1", text)  # *emphasis*
 
     def error(self, message: str):
         self.exit(USAGE_EXIT_CODE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -9,9 +9,11 @@ The recipe format, its checks and the batch arithmetic are `asym_trl.launch.reci
 1. Resolve and check the recipe (`asym_trl.launch.recipes.parse_args`): an unknown key or a bad value stops here,
    naming the key, before anything heavy is imported or loaded; then what the run needs is found without loading it
    (`asym_trl.launch.preflight`: reward functions, datasets, the model's config, a writable `output_dir`, the
-   loggers' packages: `asym_trl.launch.loggers`).
+   loggers' packages (`asym_trl.launch.loggers`), and what the Hub cannot give here: one probe, or
+   `HF_HUB_OFFLINE` and the local cache).
    `--dry-run`: print the resolved recipe, what it found and the batch arithmetic (prompts per rollout step,
-   completions per optimizer step, optimizer steps per generation) and exit.  Every user mistake is one line
+   completions per optimizer step, optimizer steps per generation), with what a launch here would stop on as notes
+   (an unreachable Hub, a quantization without a GPU), and exit.  Every user mistake is one line
    `asym-trl train: error: ...` and exit code 2 (`asym_trl.errors`; `ASYM_TRL_DEBUG=1` shows the traceback).
 2. Model: `model_name_or_path` with the recipe's dtype / quantization / LoRA (TRL's `get_quantization_config`,
    `get_peft_config`).  QLoRA is `load_in_4bit: true` + `use_peft: true`; where bitsandbytes cannot run (not
@@ -36,34 +38,56 @@ import os
 import shlex
 import sys
 import traceback
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .config import AsymGRPOConfig
 from .errors import one_line_errors
-from .launch.loggers import check_loggers, set_logger_defaults
-from .launch.preflight import check_model, check_output_dir, locate_datasets
-from .launch.recipes import (
-    RESOLVED_RECIPE_FILE,
-    RecipeError,
-    ScriptArguments,
-    describe_plan,
-    import_object,
-    parse_args,
-    plan_for,
-    recipe_source,
-)
-from .lifecycle.graceful_stop import STOP_EXIT_CODE
 from .lifecycle.quiet_logs import show_once
 
+if TYPE_CHECKING:  # TRL, torch and transformers are imported when a run starts, not for --help
+    from .config import AsymGRPOConfig
+    from .launch.recipes import ScriptArguments
+
 logger = logging.getLogger(__name__)
+
+USAGE = """\
+usage: asym-trl train --config RECIPE [--dry-run] [--KEY VALUE ...]
+       accelerate launch [--config_file ACCELERATE_CONFIG] -m asym_trl.train --config RECIPE [--KEY VALUE ...]
+
+Train a recipe: a YAML file of TRL's GRPOConfig and ModelConfig keys plus the method's (docs/recipes.md).
+
+options:
+  --config RECIPE  the recipe, e.g. recipes/cpu/quickstart.yaml (CPU, the tiny model) or recipes/qwen3-4b/asym.yaml
+  --dry-run        check the recipe and find its model, data and rewards without loading them; print the resolved
+                   recipe and the batch arithmetic, then exit
+  --KEY VALUE      set or override a recipe key, e.g. --max_steps 20 --output_dir runs/try --advantage_estimator grpo
+  -h, --help       this summary
+  --help-all       every key, with its default and help (about 1,500 lines: TRL's GRPOConfig and ModelConfig)
+
+A mistake is one line "asym-trl train: error: ..." (exit 2). A stop signal checkpoints and exits 75; the same
+command resumes (docs/stopping.md)."""
+
+
+def print_help(argv: list[str], usage: str, make_parser) -> bool:
+    """``-h`` / ``--help``: ``usage`` (nothing heavy is imported); ``--help-all``: it, then every option."""
+    if "--help-all" in argv:
+        print(f"{usage}\n\nevery option:\n")
+        make_parser().print_help()
+    elif "-h" in argv or "--help" in argv:
+        print(usage)
+    else:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------- data and rewards
 def load_reward_funcs(names: list[str]) -> list:
     """Reward functions from `REWARD_FUNCS` names or `package.module:function` specs."""
+    from .launch.recipes import RecipeError, import_object
+
     funcs = []
     for name in names:
         if ":" in name:
@@ -79,9 +103,11 @@ def load_reward_funcs(names: list[str]) -> list:
 
 def load_datasets(script_args: ScriptArguments):
     """The training set and the validation benchmarks (`{name: dataset}`, empty without validation)."""
-    locate_datasets(script_args)
+    from .launch.preflight import locate_datasets
+    from .launch.recipes import RecipeError, import_object
     from .task.data import load_benchmark, load_train_dataset
 
+    locate_datasets(script_args)
     name = script_args.dataset_name
     prompt = {"instruction": script_args.dataset_instruction, "system_prompt": script_args.dataset_system_prompt}
     prompt = {k: v for k, v in prompt.items() if v is not None}  # None: asym_trl.task.data's defaults
@@ -192,7 +218,9 @@ def describe_model(model_args) -> str:
     return f"{base} + {adapters}" + (" (QLoRA)" if quant is not None and peft is not None else "")
 
 
-def _print_dry_run(resolved: dict[str, Any], training_args: AsymGRPOConfig, model_args, plan, found) -> None:
+def _print_dry_run(resolved: dict[str, Any], training_args: AsymGRPOConfig, model_args, plan, found, notes) -> None:
+    from .launch.recipes import describe_plan
+
     print("# resolved recipe (recipe + command line, defaults omitted)")
     print(yaml.safe_dump(resolved, sort_keys=True, default_flow_style=None).rstrip())
     ta = training_args
@@ -202,6 +230,8 @@ def _print_dry_run(resolved: dict[str, Any], training_args: AsymGRPOConfig, mode
     for line in found:
         print(f"# found {line}")
     if (message := quantization_error(model_args, training_args)) is not None:
+        notes = [*notes, message]
+    for message in notes:
         print(f"# note: a launch here would stop: {message}")
     print(describe_plan(plan, training_args))
 
@@ -222,15 +252,21 @@ def _model_init_kwargs(model_args, training_args: AsymGRPOConfig) -> dict[str, A
 
 
 def _write_resolved_recipe(output_dir: str, resolved: dict[str, Any], argv: list[str]) -> None:
+    from .launch.recipes import RESOLVED_RECIPE_FILE, recipe_source
+
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, RESOLVED_RECIPE_FILE), "w") as f:
         f.write(f"# source: {recipe_source(argv)} (+ command line)\n")
         yaml.safe_dump(resolved, f, sort_keys=True)
 
 
-def _resolve(script_args: ScriptArguments, training_args: AsymGRPOConfig, model_args) -> tuple[list, list[str]]:
-    """Everything a run needs, found without loading weights or data: the reward functions, and one line each for
-    the datasets and the model (`RecipeError` naming what is missing); the output directory must be writable."""
+def _resolve(script_args: ScriptArguments, training_args: AsymGRPOConfig, model_args) -> tuple[list, list, list]:
+    """Everything a run needs, found without loading weights or data: the reward functions, one line each for the
+    datasets and the model (`RecipeError` naming what is missing), and what the Hub cannot give here (a launch stops
+    on it, `--dry-run` notes it); the output directory must be writable."""
+    from .launch.preflight import check_model, check_output_dir, hub_problems, locate_datasets
+    from .launch.recipes import RecipeError
+
     reward_funcs = load_reward_funcs(script_args.reward_funcs)
     try:
         training_args.check_success_rule(len(reward_funcs))
@@ -240,26 +276,40 @@ def _resolve(script_args: ScriptArguments, training_args: AsymGRPOConfig, model_
     if model_args.model_name_or_path is not None:
         found.append(f"model: {check_model(model_args.model_name_or_path)}")
     check_output_dir(training_args.output_dir)
+    from .launch.loggers import check_loggers
+
     check_loggers(training_args.report_to)
-    return reward_funcs, found
+    problems = hub_problems(script_args, model_args.model_name_or_path)
+    if problems and not script_args.dry_run:
+        raise RecipeError(problems[0])
+    return reward_funcs, found, problems
 
 
 @one_line_errors("train")
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if print_help(argv, USAGE, _make_parser):
+        return 0
+    from .launch.recipes import describe_plan, parse_args, plan_for
+
     show_once()  # upstream deprecations: once per run, not at every step
-    script_args, training_args, model_args, resolved = parse_args(argv)
-    plan = plan_for(training_args, resolved, script_args.num_processes or training_args.world_size)
-    if not script_args.dry_run and (message := _launch_error(script_args, training_args, model_args)) is not None:
-        return _error(message)
-    reward_funcs, found = _resolve(script_args, training_args, model_args)
+    with warnings.catch_warnings(record=True) as caught:  # shown once the checks pass: a mistake is one line
+        script_args, training_args, model_args, resolved = parse_args(argv)
+        plan = plan_for(training_args, resolved, script_args.num_processes or training_args.world_size)
+        if not script_args.dry_run and (message := _launch_error(script_args, training_args, model_args)):
+            return _error(message)
+        reward_funcs, found, notes = _resolve(script_args, training_args, model_args)
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if script_args.dry_run:
-        _print_dry_run(resolved, training_args, model_args, plan, found)
+        _print_dry_run(resolved, training_args, model_args, plan, found, notes)
         return 0
 
     from trl import get_peft_config
 
     from .launch import hub
+    from .launch.loggers import set_logger_defaults
+    from .lifecycle.graceful_stop import STOP_EXIT_CODE
     from .trainer import AsymGRPOTrainer
 
     # model, data and rewards
@@ -336,6 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     trainer.accelerator.wait_for_everyone()
     _end(trainer)
     return status
+
+
+def _make_parser():
+    from .launch.recipes import make_parser
+
+    return make_parser()
 
 
 def _end(trainer) -> None:

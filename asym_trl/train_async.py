@@ -14,13 +14,25 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 
-from .launch.loggers import check_loggers, set_logger_defaults
-from .launch.recipes import RecipeError, import_object, parse_recipe
-from .train import _write_resolved_recipe, load_reward_funcs
+from .train import _write_resolved_recipe, load_reward_funcs, print_help
 
 __all__ = ["AsyncScriptArguments", "main", "parse_args"]
+
+USAGE = """\
+usage: asym-trl train-async --config RECIPE [--dry-run] [--KEY VALUE ...]
+
+Train a recipe with asynchronous generation: a vLLM server generates while the trainer trains (docs/vllm.md).
+Start the server first: asym-trl vllm-serve MODEL --weight-sync disk ... (asym-trl vllm-serve --help).
+
+options:
+  --config RECIPE  the recipe, e.g. recipes/cpu/asym-async.yaml (CPU) or recipes/qwen3-4b/asym-async.yaml
+  --dry-run        print the resolved recipe and exit
+  --KEY VALUE      set or override a recipe key, e.g. --max_steps 20 --output_dir runs/try
+  -h, --help       this summary
+  --help-all       every key, with its default and help (TRL's AsyncGRPOConfig)"""
 
 
 def last_checkpoint(training_args) -> str | None:
@@ -76,12 +88,16 @@ def make_parser():
 def parse_args(argv: list[str]):
     """Recipe + command line -> (script arguments, ``AsymAsyncGRPOConfig``, resolved recipe); ``RecipeError``
     names a bad key."""
+    from .launch.recipes import parse_recipe
+
     configs, resolved = parse_recipe(make_parser(), argv)
     return (*configs, resolved)
 
 
 def load_tokenizer(script_args: AsyncScriptArguments):
     from transformers import AutoTokenizer
+
+    from .launch.recipes import RecipeError
 
     tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
     if script_args.response_template is not None:
@@ -95,6 +111,8 @@ def load_tokenizer(script_args: AsyncScriptArguments):
 
 
 def load_train_set(script_args: AsyncScriptArguments):
+    from .launch.recipes import RecipeError, import_object
+
     name = script_args.dataset_name
     if name is None:
         raise RecipeError("dataset_name is not set: give a registered name, a local file or module:function")
@@ -108,26 +126,47 @@ def load_train_set(script_args: AsyncScriptArguments):
     return load_train_dataset(name, split=split, data_files=files, **prompt)
 
 
+def check_launch_model(script_args: AsyncScriptArguments) -> None:
+    """The model is set and can be found here: a saved local directory, or a Hub id the Hub (or, with
+    ``HF_HUB_OFFLINE``, the local cache) can give (``asym_trl.launch.preflight``); a ``RecipeError`` if not."""
+    from .launch.preflight import check_model, hub_problems
+    from .launch.recipes import RecipeError
+
+    if script_args.model_name_or_path is None:
+        raise RecipeError("model_name_or_path is not set (a Hub id or a local directory)")
+    check_model(script_args.model_name_or_path)
+    if problems := hub_problems(script_args, script_args.model_name_or_path):
+        raise RecipeError(problems[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if print_help(argv, USAGE, make_parser):
+        return 0
     try:
-        script_args, training_args, resolved = parse_args(argv)
-        check_loggers(training_args.report_to)
-        if script_args.dry_run:
-            import yaml
+        with warnings.catch_warnings(record=True) as caught:  # shown once the checks pass: a mistake is one line
+            script_args, training_args, resolved = parse_args(argv)
+            from .launch.loggers import check_loggers
 
-            print(yaml.safe_dump(resolved, sort_keys=False), end="")
-            return 0
-        if script_args.model_name_or_path is None:
-            raise RecipeError("model_name_or_path is not set (a Hub id or a local directory)")
-        reward_funcs = load_reward_funcs(script_args.reward_funcs)
-        train_dataset = load_train_set(script_args)
-        tokenizer = load_tokenizer(script_args)
-    except (RecipeError, ValueError, FileNotFoundError) as e:
+            check_loggers(training_args.report_to)
+            if not script_args.dry_run:
+                reward_funcs = load_reward_funcs(script_args.reward_funcs)
+                train_dataset = load_train_set(script_args)
+                check_launch_model(script_args)
+                tokenizer = load_tokenizer(script_args)
+    except (ValueError, FileNotFoundError) as e:  # RecipeError is a ValueError
         print(f"asym-trl train-async: error: {e}", file=sys.stderr)
         return 2
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if script_args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(resolved, sort_keys=False), end="")
+        return 0
 
     from .async_trainer import AsymAsyncGRPOTrainer
+    from .launch.loggers import set_logger_defaults
 
     set_logger_defaults(training_args)  # wandb under output_dir, project asym-trl (unless set)
     trainer = AsymAsyncGRPOTrainer(

@@ -18,7 +18,7 @@ trainer: ``train()`` wall time, and the steady step time (median of the step-end
 steps: the start-up -- the rollout worker's spawn, the first reload -- is a fixed cost a long run does not pay per
 step).
 
-    python benchmarks/bench_async.py --url http://127.0.0.1:8000 --model runs/tiny-model   # a running server
+    python benchmarks/bench_async.py --url http://127.0.0.1:8000 --model ./runs/tiny-model   # a running server
     python benchmarks/bench_async.py                      # starts one (.venv-vllm, scripts/setup_vllm_cpu.sh)
 
 The server must serve ``--model`` with ``--weight-sync disk`` (``asym-trl vllm-serve``); it is reset to that

@@ -33,22 +33,15 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-from transformers import PrinterCallback, TrainerCallback
-
-from ..config import AsymGRPOConfig
 from ..diagnostics.plotting import plot_quickstart, plot_runs
-from ..diagnostics.validation import ValidationCallback
+from ..errors import OneLineParser
 from ..generation.backends import EvalSampling, TransformersGenerator
 from ..lifecycle.quiet_logs import LIBRARY_DEPRECATIONS
 from ..task.evaluation import evaluate_policy
-from ..trainer import AsymGRPOTrainer
 from .tiny import build_tiny_model, cpu_run_kwargs, last_digit_reward, last_digit_splits
 
+# torch, transformers, TRL and the trainer are imported inside the functions that run, not for --help.
 __all__ = [
-    "HeldOutCallback",
-    "PhaseProgress",
     "QuickstartSettings",
     "warm_started_model",
     "evaluate_heldout",
@@ -71,22 +64,6 @@ def quiet_console() -> None:
     datasets.disable_progress_bar()
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=LIBRARY_DEPRECATIONS, category=FutureWarning)
-
-
-class PhaseProgress(TrainerCallback):
-    """One progress bar over a training phase's optimizer steps (the trainers run with ``disable_tqdm``)."""
-
-    def __init__(self, desc: str):
-        self.desc, self.bar = desc, None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", leave=True, dynamic_ncols=True)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.bar.update(state.global_step - self.bar.n)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.bar.close()
 
 
 @dataclass
@@ -135,8 +112,10 @@ def default_cache_dir() -> Path:
 
 def warm_start(settings: QuickstartSettings, cache_dir: str | Path, train_dataset) -> Path:
     """SFT the tiny model on worked answers (TRL ``SFTTrainer``); cached under ``cache_dir`` by settings."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
     from trl import SFTConfig, SFTTrainer
+
+    from .quickstart_callbacks import PhaseProgress
 
     out = Path(cache_dir) / f"sft-{settings.sft_key()}"
     if (out / "config.json").exists():
@@ -201,37 +180,6 @@ def evaluate_heldout(
     return evaluate_policy(generate, dataset, k=num_samples, sampling=sampling, reward_func=last_digit_reward)
 
 
-class HeldOutCallback(ValidationCallback):
-    """The held-out curve: every ``eval_steps`` steps, :func:`evaluate_heldout` of the live policy as a
-    ``heldout/*`` entry of the log history (no checkpoint selection).  Its sampling seeds the training RNG with the
-    step (``isolate_rng=False``), as the quickstart always has, so that its numbers stay those of earlier runs."""
-
-    def __init__(self, trainer, dataset, settings: QuickstartSettings, num_samples: int = 4):
-        super().__init__(
-            trainer,
-            {"heldout": dataset},
-            eval_steps=settings.curve_every,
-            select_on="heldout",
-            batch_size=len(dataset),
-        )
-        self.settings, self.num_samples = settings, num_samples
-
-    def evaluate(self) -> dict[str, float]:
-        step = self.trainer.state.global_step
-        with self.transformers_generator(token_entropy=True, isolate_rng=False) as generate:
-            metrics = evaluate_heldout(
-                generate, self.benchmarks["heldout"], self.settings, num_samples=self.num_samples, seed=step
-            )
-        return {f"heldout/{k}": v for k, v in metrics.items()}
-
-    def record(self, args, state, record: dict) -> None:
-        state.log_history.append(record)
-        tqdm.write(  # above the phase's progress bar
-            f"  RL step {state.global_step:4d}: held-out accuracy sampled {record['heldout/sampled_accuracy']:.3f}, "
-            f"greedy {record['heldout/greedy_accuracy']:.3f}; entropy {record['heldout/entropy']:.3f}"
-        )
-
-
 def train_rl(
     settings: QuickstartSettings,
     model_dir: str | Path,
@@ -243,6 +191,12 @@ def train_rl(
     """Train ``model_dir`` with AsymGRPOTrainer on the task, with the held-out curve on ``heldout`` (every
     ``settings.curve_every`` steps; none if either is unset) and extra ``callbacks``; returns the trainer (model
     trained in place)."""
+    from transformers import PrinterCallback
+
+    from ..config import AsymGRPOConfig
+    from ..trainer import AsymGRPOTrainer
+    from .quickstart_callbacks import HeldOutCallback, PhaseProgress
+
     config = dict(
         **cpu_run_kwargs(seed=settings.seed, logging_steps=settings.logging_steps),
         output_dir=str(output_dir),
@@ -268,7 +222,11 @@ def train_rl(
     trainer.remove_callback(PrinterCallback)  # metrics go to the log history; progress to one bar and the curve
     trainer.add_callback(PhaseProgress("RL (AsymGRPO)"))  # before the curve: the bar shows the step it is printed at
     if heldout is not None and settings.curve_every:
-        trainer.add_callback(HeldOutCallback(trainer, heldout, settings))
+
+        def curve(generate, dataset, step: int) -> dict:
+            return evaluate_heldout(generate, dataset, settings, num_samples=4, seed=step)
+
+        trainer.add_callback(HeldOutCallback(trainer, heldout, curve, eval_steps=settings.curve_every))
     for callback in callbacks:
         trainer.add_callback(callback)
     trainer.train()
@@ -277,6 +235,7 @@ def train_rl(
 
 def run_quickstart(settings: QuickstartSettings, output_dir: str | Path, cache_dir: str | Path | None = None) -> dict:
     """Warm start (cached), evaluate, train with AsymGRPO, evaluate again; write and return the summary."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     output_dir = Path(output_dir)
@@ -349,7 +308,7 @@ def format_summary(summary: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     defaults = QuickstartSettings()
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="asym-trl quickstart", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--output-dir", default="runs/quickstart")
@@ -362,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         "--num-threads", type=int, default=1, help="torch CPU threads (1: the tiny model gains nothing from more)"
     )
     opts = parser.parse_args(argv)
+    import torch
+
     quiet_console()
     torch.set_num_threads(opts.num_threads)
     settings = QuickstartSettings(

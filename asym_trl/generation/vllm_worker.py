@@ -20,8 +20,10 @@ vLLM 0.22 - 0.32: the worker's ``reload_weights(weights_iterator=..., is_checkpo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the server has torch; `asym-trl vllm-serve --help` needs only the constants below
+    import torch
 
 __all__ = [
     "EXTENSION_CLS",

@@ -3,28 +3,29 @@
 Each check raises `RecipeError` (one line, exit 2) naming the key:
 
 - `check_model`: a `model_name_or_path` that looks local (starts with `/`, `./`, `../`, `~`, has more than one `/`,
-  or its first component is a directory here) must be a saved model directory -- checked before any Hub call, which
-  would otherwise retry for half a minute; anything else must be a valid Hub id.  Returns a one-line description
-  (the local config's model type and size, or the Hub id and whether its config is in the local cache).
-- `check_output_dir`: `output_dir` must be creatable and writable, without creating it.
+  or its first component is a directory here) must be a saved model directory (a missing tiny model: the command that
+  builds it); anything else must be a valid Hub id.  Returns a one-line description (the local config's model type
+  and size, or the Hub id and whether its config is in the local cache).
+- `hub_problems`: what the run would fetch from the Hub (model, registered datasets) and cannot, one line each
+  (`asym_trl.task.hub_access`: one probe of the Hub, or `HF_HUB_OFFLINE` and the local cache); a launch stops on
+  the first, `--dry-run` prints them as notes (a recipe may be checked on one machine and run on another).
+- `check_output_dir`: `output_dir` must be creatable and writable; nothing is left behind (a directory is made and
+  removed in its nearest existing parent: `os.access` says yes to root even where that fails, e.g. under `/proc`).
 - `locate_datasets`: the training set and validation benchmarks must be found (a registered name, a local file that
   exists, an importable `module:function`); nothing is loaded or downloaded.
 """
 
 from __future__ import annotations
 
-import os
+import tempfile
 from pathlib import Path
 
+from ..task.hub_access import hub_problem, looks_local
 from .recipes import RecipeError, import_object
 
-__all__ = ["check_model", "check_output_dir", "locate_datasets", "looks_local"]
+__all__ = ["check_model", "check_output_dir", "hub_problems", "locate_datasets", "looks_local"]
 
-
-def looks_local(name: str) -> bool:
-    """Whether a model name is meant as a local path rather than a Hub id (`org/name`)."""
-    head = name.split("/")[0]
-    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or (head != name and Path(head).is_dir())
+TINY_MODEL_COMMAND = "python -c \"from asym_trl.apps.tiny import build_tiny_model; build_tiny_model('{path}')\""
 
 
 def check_model(name: str) -> str:
@@ -32,9 +33,12 @@ def check_model(name: str) -> str:
     if looks_local(name) or Path(name).expanduser().is_dir():
         path = Path(name).expanduser()
         if not path.is_dir():
+            if "tiny" in path.name:
+                fix = f"build the tiny model first: {TINY_MODEL_COMMAND.format(path=name)}"
+            else:
+                fix = "a Hub id is 'org/name' (to build the CPU recipes' tiny model: see recipes/cpu/quickstart.yaml)"
             raise RecipeError(
-                f"model_name_or_path={name!r} is a local path and {path.absolute()} does not exist (a Hub id is "
-                "'org/name'; for the CPU recipes build the tiny model first: see recipes/cpu/quickstart.yaml)"
+                f"model_name_or_path={name!r} is a local path and {path.absolute()} does not exist: {fix}"
             )
         if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
             return f"local PEFT adapter {path}"
@@ -58,16 +62,40 @@ def check_model(name: str) -> str:
 
 
 def check_output_dir(output_dir: str) -> None:
-    """`output_dir` can be created (or exists) and is writable; nothing is created."""
+    """`output_dir` can be created (or exists) and is writable: a directory is made and removed in its nearest
+    existing parent, so nothing is left behind."""
     path = Path(output_dir).expanduser().absolute()
     existing = path
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise RecipeError(f"output_dir={output_dir!r} cannot be created: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
-        raise RecipeError(f"output_dir={output_dir!r} {what}")
+    try:
+        tempfile.TemporaryDirectory(prefix=".asym-trl-write-check-", dir=existing).cleanup()
+    except OSError as e:
+        what = "is not writable" if existing == path else f"cannot be created in {existing}"
+        raise RecipeError(f"output_dir={output_dir!r} {what} ({e.strerror}): choose another output_dir") from e
+
+
+def hub_problems(script_args, model_name: str | None) -> list[str]:
+    """What the run would fetch from the Hub and cannot here, one line each (the model, then the registered datasets
+    without a local copy); empty when the Hub answers, or `HF_HUB_OFFLINE` is set and the model is in the cache."""
+    from ..task.data import BENCHMARKS, TRAIN_DATASETS
+
+    problems = []
+    if model_name is not None and not looks_local(model_name) and not Path(model_name).expanduser().is_dir():
+        what = f"model_name_or_path={model_name!r} (no such local directory here, so a Hub id)"
+        problems.append(hub_problem(what, model_name, alternative="a local model directory"))
+    name = script_args.dataset_name
+    if name in TRAIN_DATASETS and script_args.dataset_data_files is None:
+        what = f"dataset_name={name!r} ({TRAIN_DATASETS[name].hub_id})"
+        alternative = "a local copy as dataset_data_files"
+        problems.append(hub_problem(what, TRAIN_DATASETS[name].hub_id, repo_type="dataset", alternative=alternative))
+    for benchmark in (b for b in getattr(script_args, "validation_benchmarks", ()) if b in BENCHMARKS):
+        what = f"validation_benchmarks: {benchmark} ({BENCHMARKS[benchmark].hub_id})"
+        alternative = "the path of a local copy instead of its name"
+        problems.append(hub_problem(what, BENCHMARKS[benchmark].hub_id, repo_type="dataset", alternative=alternative))
+    return [p for p in problems if p is not None]
 
 
 def _locate(name: str, kind: str, data_files: str | None = None) -> str:

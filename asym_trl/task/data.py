@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .hub_access import hub_problem
 from .rewards import normalize_gold
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "REASONING_GYM_TASKS",
     "TRAIN_DATASETS",
     "HubSource",
+    "benchmark_source",
     "load_benchmark",
     "load_train_dataset",
     "make_prompt",
@@ -94,10 +96,17 @@ def make_prompt(problem: str, instruction: str | None = None, system_prompt: str
 
 
 def _load_hub(source: HubSource, split: str):
-    """The Hub copy of a registered dataset (needs network, or a populated HF cache)."""
+    """The Hub copy of a registered dataset (needs network, or a populated HF cache); a `ValueError` in one line,
+    at once, when the Hub cannot give it (`asym_trl.task.hub_access`)."""
     from datasets import load_dataset
 
-    return load_dataset(source.hub_id, source.config, split=split)
+    what = f"dataset {source.hub_id}"
+    if (problem := hub_problem(what, source.hub_id, repo_type="dataset", alternative="a local copy")) is not None:
+        raise ValueError(problem)
+    try:
+        return load_dataset(source.hub_id, source.config, split=split)
+    except ConnectionError as e:  # HF_HUB_OFFLINE and not in the cache, or the Hub went away since the probe
+        raise ValueError(f"{what}: {e}; give a local copy, or download it where the Hub is reachable") from e
 
 
 def _load_local(path: str | Path):
@@ -219,6 +228,21 @@ def load_train_dataset(
     )
 
 
+def benchmark_source(name_or_path: str) -> str:
+    """Where :func:`load_benchmark` reads ``name_or_path`` from, without reading it: ``"hub"`` (one of
+    :data:`BENCHMARKS`, unless given ``data_files``), ``"reasoning_gym"`` or ``"file"``; ``ValueError`` if unknown."""
+    if name_or_path in REASONING_GYM_TASKS or name_or_path.startswith(_RG_PREFIX):
+        return "reasoning_gym"
+    if name_or_path in BENCHMARKS:
+        return "hub"
+    if Path(name_or_path).suffix.lower() in _LOCAL_FORMATS or Path(name_or_path).exists():
+        return "file"
+    raise ValueError(
+        f"unknown benchmark {name_or_path!r}: expected one of {_describe_known(BENCHMARKS, REASONING_GYM_TASKS)}, "
+        "'reasoning_gym:<task>' or a local data file"
+    )
+
+
 def load_benchmark(
     name_or_path: str,
     *,
@@ -238,19 +262,13 @@ def load_benchmark(
     local data file with ``columns`` as in :func:`load_train_dataset`.
     """
     kwargs = dict(instruction=instruction, system_prompt=system_prompt, limit=limit)
-    if name_or_path in REASONING_GYM_TASKS or name_or_path.startswith(_RG_PREFIX):
+    source = benchmark_source(name_or_path)
+    if source == "reasoning_gym":
         return load_train_dataset(name_or_path, "test", size=size, seed=seed, **kwargs)
-    if name_or_path in BENCHMARKS:
-        source = BENCHMARKS[name_or_path]
-        raw = _load_local(data_files) if data_files else _load_hub(source, source.split)
-        mapping = _resolve_columns(raw, {"problem": source.problem, "solution": source.solution}, name_or_path)
+    if source == "hub":
+        hub = BENCHMARKS[name_or_path]
+        raw = _load_local(data_files) if data_files else _load_hub(hub, hub.split)
+        mapping = _resolve_columns(raw, {"problem": hub.problem, "solution": hub.solution}, name_or_path)
         return _to_rl_format(raw, mapping, f"benchmark {name_or_path!r}", **kwargs)
-    if Path(name_or_path).suffix.lower() in _LOCAL_FORMATS or Path(name_or_path).exists():
-        raw = _load_local(name_or_path)
-        return _to_rl_format(
-            raw, _resolve_columns(raw, columns, name_or_path), f"data file {name_or_path!r}", **kwargs
-        )
-    raise ValueError(
-        f"unknown benchmark {name_or_path!r}: expected one of {_describe_known(BENCHMARKS, REASONING_GYM_TASKS)}, "
-        "'reasoning_gym:<task>' or a local data file"
-    )
+    raw = _load_local(name_or_path)
+    return _to_rl_format(raw, _resolve_columns(raw, columns, name_or_path), f"data file {name_or_path!r}", **kwargs)

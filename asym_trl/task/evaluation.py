@@ -19,7 +19,9 @@ completion with its verdict) under ``--output-dir``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,7 +34,8 @@ from ..generation.backends import (
     TransformersGenerator,
     VLLMGenerator,
 )
-from .data import BENCHMARKS, load_benchmark
+from .data import BENCHMARKS, benchmark_source, load_benchmark
+from .hub_access import hub_problem, looks_local
 from .rewards import MathVerifier, score_completions
 from .verifier import NO_ANSWER, is_unverifiable
 
@@ -269,6 +272,40 @@ def _local_copy(name: str, args) -> Path | None:
     return None
 
 
+def _check_backend(args) -> None:
+    """The default backend needs vLLM: say so in one line, with the backends that do not, before anything loads."""
+    if args.backend == "vllm" and "vllm" not in sys.modules and importlib.util.find_spec("vllm") is None:
+        raise UsageError(
+            "--backend vllm (the default) needs vLLM, which is not installed here: use --backend transformers (any "
+            "device, slower), --backend server --server-url URL (a running server), or pip install 'asym_trl[vllm]'"
+        )
+
+
+def _check_benchmarks(names: list[str], args) -> None:
+    """Every benchmark name is known, and those read from the Hub can come from it (or the local cache)."""
+    for name in names:
+        try:
+            from_hub = benchmark_source(name) == "hub" and _local_copy(name, args) is None
+        except ValueError as e:  # an unknown benchmark
+            raise UsageError(str(e)) from e
+        if from_hub:
+            what, hub_id = f"--benchmarks {name} ({BENCHMARKS[name].hub_id})", BENCHMARKS[name].hub_id
+            alternative = "local copies: --data-dir DIR (files <benchmark>.jsonl) or --data-files NAME=PATH"
+            if (problem := hub_problem(what, hub_id, repo_type="dataset", alternative=alternative)) is not None:
+                raise UsageError(problem)
+
+
+def _check_model(args) -> None:
+    """``--model`` can be loaded here: a local path exists, a Hub id can come from the Hub (or the local cache)."""
+    if args.backend == "server" or Path(args.model).expanduser().exists():
+        return
+    if looks_local(args.model):
+        raise UsageError(f"--model {args.model}: {Path(args.model).expanduser().absolute()} does not exist")
+    what = f"--model {args.model} (no such local directory here, so a Hub id)"
+    if (problem := hub_problem(what, args.model, alternative="a local model directory")) is not None:
+        raise UsageError(problem)
+
+
 @one_line_errors("eval")
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
@@ -280,15 +317,19 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table(rows), end="")
         return 0
 
+    names = [n.strip() for n in args.benchmarks.split(",") if n.strip()]
+    _check_backend(args)  # before anything is loaded: the backend, the benchmarks, the model
+    _check_benchmarks(names, args)
+    _check_model(args)
     benchmarks = {}
-    for name in (n.strip() for n in args.benchmarks.split(",") if n.strip()):
+    for name in names:
         common = dict(instruction=args.instruction, limit=args.limit)
         try:
             if name in BENCHMARKS:
                 benchmarks[name] = load_benchmark(name, data_files=_local_copy(name, args), **common)
             else:  # a local file in the usual layout, named by its stem
                 benchmarks[Path(name).stem] = load_benchmark(name, **common)
-        except (ValueError, FileNotFoundError) as e:  # an unknown benchmark, a missing or empty local copy
+        except (ValueError, FileNotFoundError) as e:  # a missing or empty local copy
             raise UsageError(str(e)) from e
     template_kwargs = {"enable_thinking": args.enable_thinking}
     if args.backend == "server":
