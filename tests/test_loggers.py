@@ -20,7 +20,7 @@ from asym_trl.launch.loggers import check_loggers, set_logger_defaults
 from asym_trl.launch.recipes import RecipeError
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU_RECIPE = str(ROOT / "recipes" / "cpu" / "quickstart.yaml")
+CPU_RECIPE = str(ROOT / "tests" / "fixtures" / "cpu_toy.yaml")  # the CPU recipe on the tiny model and toy task
 ASYNC_RECIPE = str(ROOT / "recipes" / "cpu" / "asym-async.yaml")
 SHORT = ["--max_steps", "2", "--logging_steps", "1", "--save_strategy", "no"]
 SHORT += ["--per_device_train_batch_size", "8", "--num_generations", "4"]
@@ -64,17 +64,9 @@ def read_wandb_records(path: Path) -> list:
     return records
 
 
-def read_finished_wandb_run(path: Path) -> list:
-    """The records of the run, once finished as the end of the `asym-trl train` process finishes it (atexit:
-    transformers' callback leaves the run open): until wandb's service process is torn down the file may be empty."""
-    import wandb
-
-    wandb.finish()
-    wandb.teardown()
-    return read_wandb_records(path)
-
-
 def test_wandb_offline_run_lands_in_output_dir_with_project_and_diagnostics(tiny_model_path, tmp_path, monkeypatch):
+    """In a process of its own, as `asym-trl train` runs (wandb keeps process-wide settings from a process's first
+    run, and its run is finished at the process's exit: transformers' callback leaves it open)."""
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -83,11 +75,15 @@ def test_wandb_offline_run_lands_in_output_dir_with_project_and_diagnostics(tiny
     monkeypatch.delenv("WANDB_DIR", raising=False)
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
     out = tmp_path / "out"
-    assert _train(tiny_model_path, out, *SHORT, "--report_to", "wandb") == 0
+    argv = ["train", "--config", CPU_RECIPE, "--model_name_or_path", str(tiny_model_path), "--output_dir", str(out)]
+    command = [sys.executable, "-m", "asym_trl.cli", *argv, *SHORT, "--report_to", "wandb"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert list(cwd.iterdir()) == []  # nothing in the current directory
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list(out.rglob("*"))
-    records = read_finished_wandb_run(next(runs[0].glob("*.wandb")))
+    records = read_wandb_records(next(runs[0].glob("*.wandb")))
     assert [r.run.project for r in records if r.WhichOneof("record_type") == "run"] == ["asym-trl"]
     history = [
         {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}

@@ -26,7 +26,7 @@ from asym_trl.train import main
 from tests.scripts import stop_rewards
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU_RECIPE = str(ROOT / "recipes" / "cpu" / "quickstart.yaml")
+CPU_RECIPE = str(ROOT / "tests" / "fixtures" / "cpu_toy.yaml")  # the CPU recipe on the tiny model and toy task
 REWARDS = "tests.scripts.stop_rewards"
 # REINFORCE gives +-1 to every rollout: every step moves the weights, so a lost or repeated step shows.
 REINFORCE = ["--advantage_estimator", "reinforce", "--beta_pos", "none", "--beta_neg", "none"]

@@ -19,7 +19,7 @@ from asym_trl.launch import hub
 from asym_trl.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU_RECIPE = str(ROOT / "recipes" / "cpu" / "quickstart.yaml")
+CPU_RECIPE = str(ROOT / "tests" / "fixtures" / "cpu_toy.yaml")  # the CPU recipe on the tiny model and toy task
 # REINFORCE gives +-1 to every rollout, even in all-wrong groups, so two steps always move the weights.
 REINFORCE = ["--advantage_estimator", "reinforce", "--beta_pos", "none", "--beta_neg", "none"]
 

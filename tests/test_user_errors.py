@@ -15,7 +15,7 @@ import pytest
 from asym_trl.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU_RECIPE = str(ROOT / "recipes" / "cpu" / "quickstart.yaml")
+CPU_RECIPE = str(ROOT / "tests" / "fixtures" / "cpu_toy.yaml")  # the CPU recipe on the tiny model and toy task
 REWARDS = "tests.scripts.stop_rewards"
 CLOSED_HUB = "http://127.0.0.1:9"  # a closed local port: refused at once, so no test needs or uses the network
 NOT_CACHED = "asym-trl-tests/not-a-model"  # a Hub id that no local cache holds

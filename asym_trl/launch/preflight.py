@@ -26,6 +26,9 @@ from .recipes import RecipeError, import_object
 __all__ = ["check_model", "check_output_dir", "hub_problems", "locate_datasets", "looks_local"]
 
 TINY_MODEL_COMMAND = "python -c \"from asym_trl.apps.tiny import build_tiny_model; build_tiny_model('{path}')\""
+WARM_START_COMMAND = (
+    "python -c \"from asym_trl.apps.quickstart import warm_started_model; warm_started_model('{path}')\""
+)
 
 
 def check_model(name: str) -> str:
@@ -35,6 +38,8 @@ def check_model(name: str) -> str:
         if not path.is_dir():
             if "tiny" in path.name:
                 fix = f"build the tiny model first: {TINY_MODEL_COMMAND.format(path=name)}"
+            elif "warm-start" in path.name:
+                fix = f"make the quickstart's warm start first: {WARM_START_COMMAND.format(path=name)}"
             else:
                 fix = "a Hub id is 'org/name' (to build the CPU recipes' tiny model: see recipes/cpu/quickstart.yaml)"
             raise RecipeError(
