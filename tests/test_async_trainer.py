@@ -223,10 +223,7 @@ def test_args_none_is_tls_default_and_a_trl_config_is_promoted(tiny_model_path, 
     )  # fmt: skip
     worker = LaggingWorker(async_tokenizer(tiny_model_path), max_lag=0)
     with pytest.warns(UserWarning, match="promoted to AsymAsyncGRPOConfig"):
-        trainer = AsymAsyncGRPOTrainer(
-            tiny_model_path, toy_sum_reward, args=args, train_dataset=toy_sum_dataset(8),
-            processing_class=worker.tokenizer, rollout_worker=worker, weight_transfer=NoWeightPush(),
-        )  # fmt: skip
+        trainer = fake_worker_trainer(tiny_model_path, args, worker)
     assert isinstance(trainer.args, AsymAsyncGRPOConfig) and trainer.scorer.estimator == "asym"
     assert trainer.args.vllm_weight_sync == "nccl" and trainer.args.max_steps == 2  # TRL's values and our defaults
     trainer.train()
@@ -341,6 +338,19 @@ class NoWeightPush:
         pass
 
 
+def fake_worker_trainer(model_path, args, worker) -> AsymAsyncGRPOTrainer:
+    """The trainer on TRL's async training loop, fed by ``worker`` (no server), with no weight push."""
+    return AsymAsyncGRPOTrainer(
+        model_path,
+        toy_sum_reward,
+        args=args,
+        train_dataset=toy_sum_dataset(8),
+        processing_class=worker.tokenizer,
+        rollout_worker=worker,
+        weight_transfer=NoWeightPush(),
+    )
+
+
 def test_adaptive_beta_publishes_its_betas_to_the_scorer_and_checkpoints_them(tiny_model_path, tmp_path):
     """The controller is fed the trained tokens' entropy at every step, writes the betas the rollout worker's scorer
     reads, and keeps its state in checkpoints."""
@@ -356,15 +366,7 @@ def test_adaptive_beta_publishes_its_betas_to_the_scorer_and_checkpoints_them(ti
         save_steps=2,
     )
     worker = LaggingWorker(async_tokenizer(tiny_model_path), max_lag=0)
-    trainer = AsymAsyncGRPOTrainer(
-        tiny_model_path,
-        toy_sum_reward,
-        args=args,
-        train_dataset=toy_sum_dataset(8),
-        processing_class=worker.tokenizer,
-        rollout_worker=worker,
-        weight_transfer=NoWeightPush(),
-    )
+    trainer = fake_worker_trainer(tiny_model_path, args, worker)
     betas = BetasFile(trainer.scorer.betas_file)
     assert betas.read() == {"beta_pos": 0.9, "beta_neg": 0.4}  # published before the worker starts
     trainer.train()
@@ -388,15 +390,7 @@ def test_a_sample_older_than_max_staleness_never_trains(tiny_model_path, tmp_pat
         logging_steps=1,
     )
     worker = LaggingWorker(async_tokenizer(tiny_model_path), max_lag=max_staleness + 2)
-    trainer = AsymAsyncGRPOTrainer(
-        tiny_model_path,
-        toy_sum_reward,
-        args=args,
-        train_dataset=toy_sum_dataset(8),
-        processing_class=worker.tokenizer,
-        rollout_worker=worker,
-        weight_transfer=NoWeightPush(),
-    )
+    trainer = fake_worker_trainer(tiny_model_path, args, worker)
     trained = set()
     compute_loss = trainer.compute_loss
 
