@@ -411,14 +411,21 @@ def test_async_training_through_the_server(vllm_server, tmp_path):
     assert [h["step"] for h in history] == list(range(steps + 1)) and all(h["ok"] for h in history), history
     assert transfer.refreshed_layers == [{"refreshed": ["model.embed_tokens", "lm_head"]}]
     final = trainer_logprobs(trainer.model)
-    assert (final - initial).abs().max() > 4 * ATOL, "training did not move the weights"
-    assert_serves(served_final, final, stale=initial, msg="served weights after async training")
+    moved = (final - initial).abs().max()
+    assert moved > 4 * ATOL, "training did not move the weights"
+    # Four steps at lr 1e-1 move the probe by nats, and the bf16 noise grows with the weights (up to 0.29 nats seen
+    # on CI): the server serves the final weights to within a tenth of how far training moved them.
+    gap = (served_final - final).abs().max()
+    assert gap < 0.1 * moved, f"served weights after async training: gap {gap:.3f}, training moved {moved:.3f}"
     logs = [h for h in trainer.state.log_history if "sample/staleness_max" in h]
     assert len(logs) == steps and max(h["sample/staleness_max"] for h in logs) <= max_staleness
-    assert all("groups/zero_signal" in h for h in logs)  # scored by asym_trl's loop in the child
-    assert all(h["groups/zero_signal"] == 0 for h in logs)  # REINFORCE: no zero-signal group
+    # Scored by asym_trl's loop in the child. The worker's metrics reach the step whose log() drains them: a step
+    # trained on groups queued before the previous log has none of its own (2 runs of 14 here).
+    scored = [h for h in logs if "groups/zero_signal" in h]
+    assert scored and all(h["groups/zero_signal"] == 0 for h in scored)  # REINFORCE: no zero-signal group
     assert log_path.read_text().count("POST /v1/completions") - requests_before >= steps * 8
     assert (served_logprobs(url, PROBE) - served_initial).abs().max() < ATOL  # reset to the checkpoint
-    print(f"\n[vllm] async: {steps} steps in {took:.1f} s; check gaps {[round(h['gap'], 4) for h in history]}")
+    checks = [(round(h["gap"], 4), round(h["move"], 3)) for h in history]
+    print(f"\n[vllm] async: {steps} steps in {took:.1f} s; check (gap, move) {checks}")
     lags = [(h["sample/staleness_mean"], h["sample/staleness_max"]) for h in logs]
     print(f"[vllm] async staleness (mean, max) per step: {lags}")

@@ -15,13 +15,23 @@ multiplies both by ~10). So the first sync, where both sides hold the same check
     tolerance_t = max(FACTOR * gap_0, FLOOR) * max(1, scale_t / scale_0),
     scale = the trainer's logit spread on the probe (std over the vocabulary, averaged over positions)
 
-and a sync whose gap exceeds its tolerance is a mismatch; so is a first sync whose gap exceeds ``FIRST_SYNC_MAX``
+That noise model is not exact: at a very large learning rate (the integration tests' 1e-1, where one step moves the
+probe's log-probs by 1.8-13 nats) the gap grew 140x (0.002 to 0.29, on CI) while the spread grew 13x. What tells a
+stale engine from amplified noise is the step itself: an engine that still holds the previous sync's weights is off
+by about as much as the trainer moved since then, ``move_t = max |log p_trainer,t - log p_trainer,t-1|``, while an
+engine that took the update is off by noise only (measured: at most 0.02 x move). So the tolerance is
+
+    tolerance_t = max(that noise tolerance, STALE_SHARE * move_t)
+
+and a sync whose gap exceeds it is a mismatch; so is a first sync whose gap exceeds ``FIRST_SYNC_MAX``
 (the engine computes with another model, and calibrating on it would hide that). ``vllm_sync_check="error"`` (the
 default) stops training with a message naming the gap, ``"warn"`` warns each time, ``"off"`` skips the check.
 
 What it detects: an engine whose log-probs differ from the trainer's by more than ``FACTOR`` x the noise measured at
-the start (a stale or half-updated engine, a wrong model). What it cannot: a divergence smaller than that (e.g. one
-stale step at a very small learning rate), which it catches once enough steps have accumulated.
+the start and by more than ``STALE_SHARE`` of the last step's movement (a stale or half-updated engine, a wrong
+model). What it cannot: a divergence smaller than that (e.g. one stale step at a very small learning rate, or a part of
+the model left stale that carries less than a quarter of one step's change), which it catches once enough steps have
+accumulated: the drift grows with every step, the allowance does not.
 
 It does not read TRL's ``sampling/*`` metrics, which do not exist when the importance-sampling correction is off.
 """
@@ -38,6 +48,7 @@ __all__ = [
     "FACTOR",
     "FIRST_SYNC_MAX",
     "FLOOR",
+    "STALE_SHARE",
     "SYNC_CHECK_MODES",
     "PROBE_TEXT",
     "SyncMismatchError",
@@ -49,6 +60,7 @@ __all__ = [
 SYNC_CHECK_MODES = ("error", "warn", "off")
 FACTOR = 10.0  # x the (logit-scaled) gap at the first sync
 FLOOR = 0.02  # nats; for an engine that matches the trainer to float precision at the start (float32 serving)
+STALE_SHARE = 0.25  # x the trainer's move since the last sync; a stale engine is off by ~1 x, a fresh one <= 0.02 x
 FIRST_SYNC_MAX = 1.0  # nats; bf16 serving of the same weights differs by ~0.002 (tiny model) to ~0.1 (billions)
 PROBE_LENGTH = 64
 PROBE_TEXT = (
@@ -107,27 +119,32 @@ class WeightSyncCheck:
     mode: str = "error"
     factor: float = FACTOR
     floor: float = FLOOR
+    stale_share: float = STALE_SHARE
     baseline: tuple[float, float] | None = None  # (gap_0, scale_0), set by the first sync
+    previous: torch.Tensor | None = None  # the trainer's probe log-probs at the last sync
     history: list[dict] = field(default_factory=list)
 
-    def tolerance(self, scale: float) -> float:
+    def tolerance(self, scale: float, move: float = 0.0) -> float:
+        """The noise tolerance at logit spread ``scale``, or ``stale_share`` x the trainer's ``move`` if larger."""
         gap0, scale0 = self.baseline
-        return max(self.factor * gap0, self.floor) * max(1.0, scale / max(scale0, 1e-6))
+        noise = max(self.factor * gap0, self.floor) * max(1.0, scale / max(scale0, 1e-6))
+        return max(noise, self.stale_share * move)
 
     def observe(self, trainer: torch.Tensor, engine: torch.Tensor, scale: float, step: int, where: str) -> dict:
         """Record one sync; raise (``error``) or warn (``warn``) when the engine does not serve the trainer's model.
 
         ``trainer`` / ``engine``: the probe's log-probs on each side; ``scale``: the trainer's logit spread.
         """
-        gap = (engine.double() - trainer.double()).abs().max().item()
-        if not math.isfinite(gap):
-            gap = math.inf
+        gap = _max_abs_diff(engine, trainer)
+        move = _max_abs_diff(trainer, self.previous) if self.previous is not None else 0.0
+        self.previous = trainer.detach().clone()
         if self.baseline is None:  # the first sync calibrates; it only has to be the same model
             tolerance = FIRST_SYNC_MAX
             self.baseline = (min(gap, FIRST_SYNC_MAX), scale)
         else:
-            tolerance = self.tolerance(scale)
-        record = {"step": step, "gap": gap, "tolerance": tolerance, "scale": scale, "ok": gap <= tolerance}
+            tolerance = self.tolerance(scale, move if math.isfinite(move) else 0.0)
+        record = {"step": step, "gap": gap, "tolerance": tolerance, "scale": scale, "move": move}
+        record["ok"] = gap <= tolerance
         self.history.append(record)
         if not record["ok"]:
             message = self.message(record, trainer, engine, where)
@@ -145,8 +162,9 @@ class WeightSyncCheck:
             )
         else:
             rule = (
-                f"tolerance {record['tolerance']:.4g} = max({self.factor:g} x {self.baseline[0]:.3g} measured at the "
-                f"first sync, {self.floor:g}), scaled with the logits"
+                f"tolerance {record['tolerance']:.4g}: the larger of max({self.factor:g} x {self.baseline[0]:.3g} "
+                f"measured at the first sync, {self.floor:g}) scaled with the logits, and {self.stale_share:g} x the "
+                f"trainer's move since the last sync ({record['move']:.4g})"
             )
         trainer_shown = [round(v, 3) for v in trainer[shown].tolist()]
         engine_shown = [round(v, 3) for v in engine[shown].tolist()]
@@ -159,3 +177,9 @@ class WeightSyncCheck:
             "that does not refresh its kernels after a reload (docs/vllm.md). To continue anyway, set "
             "vllm_sync_check='warn' (or 'off')."
         )
+
+
+def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| in float64; inf where it is not finite (a NaN from the engine is a mismatch)."""
+    value = (a.double() - b.double()).abs().max().item()
+    return value if math.isfinite(value) else math.inf
