@@ -51,6 +51,25 @@ def cpu_config(tmp_path):
 VLLM_PYTHON = os.environ.get("ASYM_TRL_VLLM_PYTHON", str(Path(__file__).parents[1] / ".venv-vllm" / "bin" / "python"))
 SERVER_START_TIMEOUT = 600  # s; ~1 min on an idle 2-core machine, several under load
 GEMM_PATH = re.compile(r"CPU unquantized GEMM dispatch: ([^\n]*)")
+# The server's bf16 GEMM on this host ("" = what vLLM picks for the CPU), or the oneDNN path that hosts without AMX
+# take: ASYM_TRL_TEST_VLLM_GEMM=onednn (oneDNN at the host's ISA) or onednn-avx2 (oneDNN capped at AVX2).
+GEMM_CHOICES = {
+    "": {},
+    "onednn": {"ASYM_TRL_TEST_NO_AMX": "1"},
+    "onednn-avx2": {"ASYM_TRL_TEST_NO_AMX": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+
+
+def _server_env() -> dict:
+    """Extra environment of a test server: DEBUG logging (vLLM then names its GEMM kernels) and the GEMM choice."""
+    choice = os.environ.get("ASYM_TRL_TEST_VLLM_GEMM", "")
+    if choice not in GEMM_CHOICES:
+        raise pytest.UsageError(f"ASYM_TRL_TEST_VLLM_GEMM={choice!r}: choose one of {sorted(GEMM_CHOICES)}")
+    env = {"VLLM_LOGGING_LEVEL": "DEBUG", **GEMM_CHOICES[choice]}
+    if choice:
+        repo = Path(__file__).parents[1]
+        env["PYTHONPATH"] = os.pathsep.join([str(repo / "tests" / "vllm_gemm_shim"), str(repo)])
+    return env
 
 
 def gemm_paths(log_path: Path) -> list[str]:
@@ -71,9 +90,7 @@ def _serve(model_dir: Path, log_path: Path, dtype: str = "bfloat16"):
         pytest.fail(message)
     start = time.monotonic()
     try:
-        with cpu_server(
-            model_dir, log_path, VLLM_PYTHON, dtype, {"VLLM_LOGGING_LEVEL": "DEBUG"}, SERVER_START_TIMEOUT
-        ) as url:
+        with cpu_server(model_dir, log_path, VLLM_PYTHON, dtype, _server_env(), SERVER_START_TIMEOUT) as url:
             took = time.monotonic() - start
             print(f"\n[vllm] {model_dir.name} ({dtype}) healthy after {took:.1f} s; GEMM: {gemm_paths(log_path)}")
             yield url
