@@ -121,7 +121,7 @@ class WeightSyncCheck:
     floor: float = FLOOR
     stale_share: float = STALE_SHARE
     baseline: tuple[float, float] | None = None  # (gap_0, scale_0), set by the first sync
-    previous: torch.Tensor | None = None  # the trainer's probe log-probs at the last sync
+    previous: torch.Tensor | None = field(default=None, repr=False, compare=False)  # trainer's probe at the last sync
     history: list[dict] = field(default_factory=list)
 
     def tolerance(self, scale: float, move: float = 0.0) -> float:
