@@ -51,8 +51,9 @@ def cpu_config(tmp_path):
 VLLM_PYTHON = os.environ.get("ASYM_TRL_VLLM_PYTHON", str(Path(__file__).parents[1] / ".venv-vllm" / "bin" / "python"))
 SERVER_START_TIMEOUT = 600  # s; ~1 min on an idle 2-core machine, several under load
 GEMM_PATH = re.compile(r"CPU unquantized GEMM dispatch: ([^\n]*)")
-# The server's bf16 GEMM on this host ("" = what vLLM picks for the CPU), or the oneDNN path that hosts without AMX
-# take: ASYM_TRL_TEST_VLLM_GEMM=onednn (oneDNN at the host's ISA) or onednn-avx2 (oneDNN capped at AVX2).
+# The server's bf16 GEMM ("" = what vLLM picks for this CPU), or the paths of hosts without AMX:
+# ASYM_TRL_TEST_VLLM_GEMM=onednn (oneDNN at this host's ISA) or onednn-avx2 (oneDNN capped at AVX2, where vLLM
+# falls back to torch's linear for bf16).
 GEMM_CHOICES = {
     "": {},
     "onednn": {"ASYM_TRL_TEST_NO_AMX": "1"},
